@@ -1,0 +1,38 @@
+# The two commands: `make run` serves the app, `make test` runs the tests.
+# Both create .venv and start embedded PostgreSQL/Redis when none is configured.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench manage clean-data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m config.devserver run
+
+# Lint and type checks are part of the test command so CI keeps them clean.
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+	$(PY) -m config.devserver test $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy .
+
+# make bench B=bench/api_overhead.py
+bench: $(STAMP)
+	$(PY) -m config.devserver bench $(B)
+
+# make manage ARGS="create_tenant Acme --rpm 120"
+manage: $(STAMP)
+	$(PY) -m config.devserver manage $(ARGS)

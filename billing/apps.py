@@ -1,0 +1,11 @@
+"""Model prices, the usage ledger, budgets, alerts and invoices."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class BillingConfig(AppConfig):
+    name = "billing"
+    verbose_name = "Billing"
+    default_auto_field = "django.db.models.BigAutoField"

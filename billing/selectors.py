@@ -1,0 +1,3 @@
+"""selectors for the billing app (filled by its issue)."""
+
+from __future__ import annotations

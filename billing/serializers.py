@@ -1,0 +1,3 @@
+"""serializers for the billing app (filled by its issue)."""
+
+from __future__ import annotations

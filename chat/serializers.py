@@ -1,0 +1,3 @@
+"""serializers for the chat app (filled by its issue)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""tasks for the chat app (filled by its issue)."""
+
+from __future__ import annotations

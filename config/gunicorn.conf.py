@@ -1,0 +1,28 @@
+"""Gunicorn settings used by `make run` and the benchmarks; every value can be overridden from the env.
+
+Threaded workers: LLM calls and SSE streams spend their time waiting on the network, so each worker
+process serves several requests at once. Scale processes with cores, threads with concurrent streams.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+graceful_timeout = 20
+keepalive = 5
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = "-"
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop a dead worker's files in prometheus_client's multiprocess directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

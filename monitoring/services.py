@@ -1,0 +1,3 @@
+"""services for the monitoring app (filled by its issue)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""tasks for the monitoring app (filled by its issue)."""
+
+from __future__ import annotations

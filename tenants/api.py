@@ -1,0 +1,146 @@
+"""The tenant-scoped API base classes, and the tenant's own endpoints (/me, /keys)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tenants.models import ApiKey, Scope, Tenant
+from tenants.ratelimits import PolicyUsage, rate_limit_headers, request_rate_limits_enforce
+from tenants.selectors import api_key_list, tenant_usage_counters
+from tenants.serializers import (
+    ApiKeyCreateSerializer,
+    ApiKeyRotateSerializer,
+    ApiKeySerializer,
+    ApiKeyWithSecretSerializer,
+    MeSerializer,
+    QuotaSerializer,
+    TenantSerializer,
+)
+from tenants.services import api_key_create, api_key_revoke, api_key_rotate
+
+
+class TenantViewMixin:
+    """API-key auth, the view's scope, per-key and per-tenant rate limits, and `self.tenant`.
+
+    `required_scope` (or `get_required_scope()`) names the scope a key needs; None means any key.
+    """
+
+    required_scope: ClassVar[str | None] = None
+    request: Request
+    rate_limit_usages: list[PolicyUsage]
+
+    def get_required_scope(self) -> str | None:
+        return self.required_scope
+
+    @property
+    def tenant(self) -> Tenant:
+        assert isinstance(self.request.auth, ApiKey)
+        return self.request.auth.tenant
+
+    @property
+    def api_key(self) -> ApiKey:
+        assert isinstance(self.request.auth, ApiKey)
+        return self.request.auth
+
+    @property
+    def actor(self) -> str:
+        return f"api_key:{self.api_key.public_id}"
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.rate_limit_usages = []
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        self.rate_limit_usages = request_rate_limits_enforce(request, api_key=self.api_key)
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        for name, value in rate_limit_headers(getattr(self, "rate_limit_usages", [])).items():
+            response.headers.setdefault(name, value)
+        return response
+
+
+class TenantAPIView(TenantViewMixin, APIView):
+    pass
+
+
+class TenantScopedViewSet(TenantViewMixin, viewsets.GenericViewSet):  # type: ignore[type-arg]
+    """Subclasses implement `scoped_queryset()`; `get_queryset()` always adds the tenant filter.
+
+    Overriding `get_queryset()` is refused at class creation, so an unscoped query cannot slip in.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "get_queryset" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must implement scoped_queryset(), not get_queryset()")
+
+    def scoped_queryset(self) -> QuerySet[Any]:
+        raise NotImplementedError
+
+    def get_queryset(self) -> QuerySet[Any]:
+        return self.scoped_queryset().filter(tenant=self.tenant)
+
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class MeView(TenantAPIView):
+    @extend_schema(responses=MeSerializer, summary="The calling tenant, its quotas and this minute's usage")
+    def get(self, request: Request) -> Response:
+        data = {
+            "tenant": TenantSerializer(self.tenant).data,
+            "key": ApiKeySerializer(self.api_key).data,
+            "quotas": QuotaSerializer(self.tenant).data,
+            "usage": tenant_usage_counters(request, api_key=self.api_key),
+        }
+        return Response(data)
+
+
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
+    required_scope = Scope.ADMIN
+    serializer_class = ApiKeySerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+
+    def scoped_queryset(self) -> QuerySet[ApiKey]:
+        return api_key_list(tenant=self.tenant)
+
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyWithSecretSerializer},
+                   summary="Create a key; the response is the only time the raw key is shown")
+    def create(self, request: Request) -> Response:
+        params = ApiKeyCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        api_key, raw_key = api_key_create(tenant=self.tenant, actor=self.actor, **params.validated_data)
+        return self._created_with_secret(api_key, raw_key)
+
+    @extend_schema(request=None, responses=ApiKeySerializer, summary="Revoke a key now")
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, id: str) -> Response:
+        api_key = api_key_revoke(tenant=self.tenant, api_key=self.get_object(), actor=self.actor)
+        return Response(ApiKeySerializer(api_key).data)
+
+    @extend_schema(request=ApiKeyRotateSerializer, responses={201: ApiKeyWithSecretSerializer},
+                   summary="Replace a key; the old one keeps working for grace_seconds")
+    @action(detail=True, methods=["post"])
+    def rotate(self, request: Request, id: str) -> Response:
+        params = ApiKeyRotateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        grace_seconds = params.validated_data.get("grace_seconds")
+        grace = None if grace_seconds is None else timedelta(seconds=grace_seconds)
+        new_key, raw_key = api_key_rotate(
+            tenant=self.tenant, api_key=self.get_object(), actor=self.actor, grace=grace
+        )
+        return self._created_with_secret(new_key, raw_key)
+
+    def _created_with_secret(self, api_key: ApiKey, raw_key: str) -> Response:
+        data = ApiKeyWithSecretSerializer(api_key).data
+        data["key"] = raw_key
+        return Response(data, status=status.HTTP_201_CREATED, headers=NO_STORE)

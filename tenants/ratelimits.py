@@ -1,0 +1,143 @@
+"""Per-key and per-tenant limits in Redis: requests/minute (django-ratelimit) and tokens/minute.
+
+Counters are Redis INCRs, so every gunicorn worker shares them and a limit of N admits N, not more.
+If Redis is unreachable the limits fail open (logged): an outage of the limiter must not take the
+API down with it; /health reports the cache as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.cache import cache
+from django_ratelimit.core import get_usage
+from redis.exceptions import RedisError
+
+from tenants.errors import ApiError
+from tenants.models import ApiKey, Tenant
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class PolicyUsage:
+    name: str
+    limit: int
+    count: int
+    reset_seconds: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.count, 0)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.count > self.limit
+
+
+def rate_limit_headers(usages: list[PolicyUsage]) -> dict[str, str]:
+    """IETF draft (httpapi-ratelimit-headers) structured fields: every policy, the tightest state."""
+    if not usages:
+        return {}
+    tightest = min(usages, key=lambda usage: (usage.remaining, -usage.reset_seconds))
+    return {
+        "RateLimit-Policy": ", ".join(f'"{u.name}";q={u.limit};w={WINDOW_SECONDS}' for u in usages),
+        "RateLimit": f'"{tightest.name}";r={tightest.remaining};t={tightest.reset_seconds}',
+    }
+
+
+def rate_limited_error(usages: list[PolicyUsage], message: str, code: str) -> ApiError:
+    retry_after = max((u.reset_seconds for u in usages if u.exceeded), default=WINDOW_SECONDS)
+    headers = {**rate_limit_headers(usages), "Retry-After": str(max(retry_after, 1))}
+    return ApiError(message, status_code=429, code=code, headers=headers)
+
+
+def _request_usage(request: Any, *, group: str, value: str, limit: int, increment: bool) -> PolicyUsage | None:
+    key: Callable[[str, Any], str] = lambda group_, request_: value  # noqa: E731
+    rate: Callable[[str, Any], tuple[int, int]] = lambda group_, request_: (limit, WINDOW_SECONDS)  # noqa: E731
+    usage = get_usage(request, group=group, key=key, rate=rate, increment=increment)
+    if usage is None:  # RATELIMIT_ENABLE is off
+        return None
+    return PolicyUsage(group, limit, usage["count"], max(usage["time_left"], 0))
+
+
+def request_usages(request: Any, *, api_key: ApiKey, increment: bool) -> list[PolicyUsage]:
+    tenant = api_key.tenant
+    policies = [
+        ("tenant-requests", f"tenant:{tenant.pk}", tenant.requests_per_minute),
+        ("key-requests", f"key:{api_key.pk}", api_key.requests_per_minute or tenant.requests_per_minute),
+    ]
+    usages = []
+    for group, value, limit in policies:
+        usage = _request_usage(request, group=group, value=value, limit=limit, increment=increment)
+        if usage is not None:
+            usages.append(usage)
+    return usages
+
+
+def request_rate_limits_enforce(request: Any, *, api_key: ApiKey) -> list[PolicyUsage]:
+    """Counts this request against the key's and the tenant's requests/minute; 429 when over."""
+    try:
+        usages = request_usages(request, api_key=api_key, increment=True)
+    except RedisError:
+        logger.exception("rate limiter unavailable; admitting request for tenant %s", api_key.tenant_id)
+        return []
+    if any(usage.exceeded for usage in usages):
+        raise rate_limited_error(
+            usages, "Rate limit exceeded: too many requests per minute. Retry after the Retry-After delay.",
+            code="requests_per_minute_exceeded",
+        )
+    return usages
+
+
+def _token_window() -> tuple[int, int]:
+    now = int(time.time())
+    window_end = now - now % WINDOW_SECONDS + WINDOW_SECONDS
+    return window_end, window_end - now
+
+
+def _token_counter_key(tenant: Tenant, window_end: int) -> str:
+    return f"ratelimit:tpm:{tenant.pk}:{window_end}"
+
+
+def tokens_this_minute(*, tenant: Tenant) -> PolicyUsage:
+    window_end, reset = _token_window()
+    count = cache.get(_token_counter_key(tenant, window_end), 0)
+    return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, int(count), reset)
+
+
+def token_rate_reserve(*, tenant: Tenant, tokens: int) -> PolicyUsage:
+    """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
+    window_end, reset = _token_window()
+    counter = _token_counter_key(tenant, window_end)
+    try:
+        cache.add(counter, 0, WINDOW_SECONDS + 5)
+        count = cache.incr(counter, tokens)
+        if count > tenant.tokens_per_minute:
+            cache.decr(counter, tokens)
+            usage = PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
+            raise rate_limited_error(
+                [usage], "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
+                code="tokens_per_minute_exceeded",
+            )
+    except RedisError:
+        logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
+        return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, 0, reset)
+    return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
+
+
+def token_rate_adjust(*, tenant: Tenant, reserved: int, used: int) -> None:
+    """After the call: replace the reserved estimate by the tokens really used."""
+    window_end, _ = _token_window()
+    counter = _token_counter_key(tenant, window_end)
+    try:
+        cache.add(counter, 0, WINDOW_SECONDS + 5)
+        cache.incr(counter, used - reserved)
+    except (RedisError, ValueError):
+        logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)
