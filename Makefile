@@ -19,7 +19,7 @@ run: $(STAMP)
 # Lint and type checks are part of the test command so CI keeps them clean.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy .
+	DEBUG=1 $(VENV)/bin/mypy .
 	$(PY) -m config.devserver test $(ARGS)
 
 lint: $(STAMP)
@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy .
+	DEBUG=1 $(VENV)/bin/mypy .
 
 # make bench B=bench/api_overhead.py
 bench: $(STAMP)

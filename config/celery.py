@@ -1,4 +1,4 @@
-"""The Celery app. Tasks live in each app's tasks.py; the beat schedule is CELERY_BEAT_SCHEDULE in settings."""
+"""The Celery app. Tasks live in each app's tasks.py; the beat schedule is CELERY_BEAT_SCHEDULE."""
 
 from __future__ import annotations
 

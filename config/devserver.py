@@ -40,7 +40,10 @@ def log(message: str) -> None:
 def start_embedded_postgres() -> str:
     """Start (or reuse) PostgreSQL 16 + pgvector under .data/pg and return a DATABASE_URL for it."""
     # pgserver keeps its lock file in the user runtime dir; this is platformdirs' own fallback, made explicit.
-    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")  # noqa: S108
+    runtime_dir = Path(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"))  # noqa: S108
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    if runtime_dir.stat().st_uid == os.getuid():
+        runtime_dir.chmod(0o700)
     import pgserver
     import psycopg
 
@@ -60,10 +63,12 @@ def start_embedded_postgres() -> str:
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
     if restart_needed:
-        from pgserver._commands import pg_ctl
+        from pgserver import _commands
 
         log("restarting embedded PostgreSQL to apply max_connections")
-        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        _commands.pg_ctl(  # type: ignore[attr-defined]  # generated per binary at import
+            ["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user, timeout=60
+        )
     return f"postgres://postgres@{quote(socket_dir, safe='')}/{DATABASE_NAME}"
 
 
@@ -85,8 +90,19 @@ def start_embedded_redis() -> str:
     redis_dir.mkdir(parents=True, exist_ok=True)
     if not redis_answers("127.0.0.1", EMBEDDED_REDIS_PORT):
         process = subprocess.Popen(
-            [str(binary), "--port", str(EMBEDDED_REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(redis_dir),
-             "--save", "", "--appendonly", "no"],
+            [
+                str(binary),
+                "--port",
+                str(EMBEDDED_REDIS_PORT),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(redis_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -152,8 +168,18 @@ def serve(env: dict[str, str]) -> int:
     commands = {
         "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"],
         "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"],
-        "beat": [sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
-                 "--schedule", str(DATA_DIR / "celerybeat-schedule")],
+        "beat": [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(DATA_DIR / "celerybeat-schedule"),
+        ],
     }
     # Own sessions, so Ctrl-C reaches only us and we stop each child gracefully, in order.
     processes = {

@@ -47,4 +47,4 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(supplied.encode(), token.encode()):
             return json_error_response(401, "Metrics need 'Authorization: Bearer <METRICS_BEARER_TOKEN>'.")
-    return ExportToDjangoView(request)  # type: ignore[no-any-return]
+    return ExportToDjangoView(request)

@@ -25,7 +25,7 @@ def actor_for(request: HttpRequest) -> str:
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
-    fields = ["display_key", "name", "scopes", "status", "expires_at", "last_used_at", "created_at"]
+    fields = ("display_key", "name", "scopes", "status", "expires_at", "last_used_at", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -37,8 +37,15 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "is_active", "requests_per_minute", "tokens_per_minute",
-                    "monthly_token_quota", "created_at"]
+    list_display = [
+        "name",
+        "slug",
+        "is_active",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "monthly_token_quota",
+        "created_at",
+    ]
     list_filter = ["is_active", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -46,8 +53,10 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [ApiKeyInline]
     fieldsets = [
         (None, {"fields": ["name", "slug", "is_active", "create_key_link"]}),
-        ("Quotas", {"fields": ["requests_per_minute", "tokens_per_minute", "monthly_token_quota",
-                               "allowed_models"]}),
+        (
+            "Quotas",
+            {"fields": ["requests_per_minute", "tokens_per_minute", "monthly_token_quota", "allowed_models"]},
+        ),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
     ]
 
@@ -61,10 +70,13 @@ class TenantAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Tenant, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change and form.changed_data:
-            changes = {field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
-                       for field in form.changed_data}
-            audit_event_record(tenant=obj, actor=actor_for(request), action="tenant.update", target=obj,
-                               changes=changes)
+            changes = {
+                field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
+                for field in form.changed_data
+            }
+            audit_event_record(
+                tenant=obj, actor=actor_for(request), action="tenant.update", target=obj, changes=changes
+            )
         elif not change:
             audit_event_record(tenant=obj, actor=actor_for(request), action="tenant.create", target=obj)
 
@@ -76,11 +88,13 @@ def _jsonable(value: Any) -> Any:
 class ApiKeyCreateForm(forms.Form):
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.order_by("name"))
     name = forms.CharField(max_length=100)
-    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple,
-                                       initial=[Scope.CHAT])
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices, widget=forms.CheckboxSelectMultiple, initial=[Scope.CHAT]
+    )
     expires_at = forms.DateTimeField(required=False, help_text="Optional, e.g. 2027-01-31 23:59 (UTC).")
-    requests_per_minute = forms.IntegerField(required=False, min_value=1,
-                                             help_text="Optional per-key limit; empty uses the tenant's.")
+    requests_per_minute = forms.IntegerField(
+        required=False, min_value=1, help_text="Optional per-key limit; empty uses the tenant's."
+    )
 
 
 class KeyStatusFilter(admin.SimpleListFilter):
@@ -103,15 +117,45 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["display_key", "name", "tenant", "scopes", "status", "expires_at", "last_used_at",
-                    "created_at"]
+    list_display = [
+        "display_key",
+        "name",
+        "tenant",
+        "scopes",
+        "status",
+        "expires_at",
+        "last_used_at",
+        "created_at",
+    ]
     list_filter = [KeyStatusFilter, "tenant", "created_at"]
     search_fields = ["name", "public_id", "tenant__name", "tenant__slug"]
     list_select_related = ["tenant"]
-    fields = ["tenant", "display_key", "name", "scopes", "requests_per_minute", "status", "created_at",
-              "created_by", "expires_at", "revoked_at", "last_used_at", "rotated_from"]
-    readonly_fields = ["tenant", "display_key", "scopes", "status", "created_at", "created_by", "expires_at",
-                       "revoked_at", "last_used_at", "rotated_from"]
+    fields = [
+        "tenant",
+        "display_key",
+        "name",
+        "scopes",
+        "requests_per_minute",
+        "status",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "rotated_from",
+    ]
+    readonly_fields = [
+        "tenant",
+        "display_key",
+        "scopes",
+        "status",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "rotated_from",
+    ]
     actions = ["revoke_keys", "rotate_keys"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -125,21 +169,35 @@ class ApiKeyAdmin(admin.ModelAdmin):
             data = form.cleaned_data
             try:
                 api_key, raw_key = api_key_create(
-                    tenant=data["tenant"], name=data["name"], scopes=data["scopes"], actor=actor_for(request),
-                    expires_at=data["expires_at"], requests_per_minute=data["requests_per_minute"],
+                    tenant=data["tenant"],
+                    name=data["name"],
+                    scopes=data["scopes"],
+                    actor=actor_for(request),
+                    expires_at=data["expires_at"],
+                    requests_per_minute=data["requests_per_minute"],
                 )
             except DomainError as exc:
                 form.add_error(exc.param if exc.param in form.fields else None, exc.message)
             else:
                 return self.keys_shown_once(request, [(api_key, raw_key)], "API key created")
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
-                   "title": "Create API key"}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "title": "Create API key",
+        }
         return TemplateResponse(request, "admin/tenants/apikey/create.html", context)
 
-    def keys_shown_once(self, request: HttpRequest, keys: list[tuple[ApiKey, str]], title: str) -> HttpResponse:
+    def keys_shown_once(
+        self, request: HttpRequest, keys: list[tuple[ApiKey, str]], title: str
+    ) -> HttpResponse:
         """Rendered directly (never stored in messages or the session), and not cached."""
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "keys": keys,
-                   "title": title}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "keys": keys,
+            "title": title,
+        }
         response = TemplateResponse(request, "admin/tenants/apikey/shown_once.html", context)
         response["Cache-Control"] = "no-store"
         return response
@@ -160,7 +218,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         rotated = []
         for api_key in queryset.select_related("tenant"):
             try:
-                rotated.append(api_key_rotate(tenant=api_key.tenant, api_key=api_key, actor=actor_for(request)))
+                rotated.append(
+                    api_key_rotate(tenant=api_key.tenant, api_key=api_key, actor=actor_for(request))
+                )
             except DomainError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
         if not rotated:
@@ -170,10 +230,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if form.changed_data:
-            changes = {field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
-                       for field in form.changed_data}
-            audit_event_record(tenant=obj.tenant, actor=actor_for(request), action="api_key.update", target=obj,
-                               changes=changes)
+            changes = {
+                field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
+                for field in form.changed_data
+            }
+            audit_event_record(
+                tenant=obj.tenant,
+                actor=actor_for(request),
+                action="api_key.update",
+                target=obj,
+                changes=changes,
+            )
 
 
 @admin.register(AuditEvent)

@@ -11,6 +11,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
 
 from tenants.models import ApiKey, Scope, Tenant
@@ -28,14 +29,13 @@ from tenants.serializers import (
 from tenants.services import api_key_create, api_key_revoke, api_key_rotate
 
 
-class TenantViewMixin:
-    """API-key auth, the view's scope, per-key and per-tenant rate limits, and `self.tenant`.
+class TenantAPIView(APIView):
+    """Base of every tenant endpoint: API-key auth, scope check, rate limits, and `self.tenant`.
 
     `required_scope` (or `get_required_scope()`) names the scope a key needs; None means any key.
     """
 
     required_scope: ClassVar[str | None] = None
-    request: Request
     rate_limit_usages: list[PolicyUsage]
 
     def get_required_scope(self) -> str | None:
@@ -57,21 +57,17 @@ class TenantViewMixin:
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         self.rate_limit_usages = []
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        super().initial(request, *args, **kwargs)
         self.rate_limit_usages = request_rate_limits_enforce(request, api_key=self.api_key)
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        response = super().finalize_response(request, response, *args, **kwargs)
         for name, value in rate_limit_headers(getattr(self, "rate_limit_usages", [])).items():
             response.headers.setdefault(name, value)
         return response
 
 
-class TenantAPIView(TenantViewMixin, APIView):
-    pass
-
-
-class TenantScopedViewSet(TenantViewMixin, viewsets.GenericViewSet):  # type: ignore[type-arg]
+class TenantScopedViewSet(TenantAPIView, viewsets.GenericViewSet):
     """Subclasses implement `scoped_queryset()`; `get_queryset()` always adds the tenant filter.
 
     Overriding `get_queryset()` is refused at class creation, so an unscoped query cannot slip in.
@@ -87,6 +83,14 @@ class TenantScopedViewSet(TenantViewMixin, viewsets.GenericViewSet):  # type: ig
 
     def get_queryset(self) -> QuerySet[Any]:
         return self.scoped_queryset().filter(tenant=self.tenant)
+
+
+class OptionalSlashRouter(SimpleRouter):
+    """Routes without a trailing slash, as documented, that also accept one. Every app's router."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailing_slash = "/?"
 
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -113,8 +117,11 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
     def scoped_queryset(self) -> QuerySet[ApiKey]:
         return api_key_list(tenant=self.tenant)
 
-    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyWithSecretSerializer},
-                   summary="Create a key; the response is the only time the raw key is shown")
+    @extend_schema(
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyWithSecretSerializer},
+        summary="Create a key; the response is the only time the raw key is shown",
+    )
     def create(self, request: Request) -> Response:
         params = ApiKeyCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -127,8 +134,11 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
         api_key = api_key_revoke(tenant=self.tenant, api_key=self.get_object(), actor=self.actor)
         return Response(ApiKeySerializer(api_key).data)
 
-    @extend_schema(request=ApiKeyRotateSerializer, responses={201: ApiKeyWithSecretSerializer},
-                   summary="Replace a key; the old one keeps working for grace_seconds")
+    @extend_schema(
+        request=ApiKeyRotateSerializer,
+        responses={201: ApiKeyWithSecretSerializer},
+        summary="Replace a key; the old one keeps working for grace_seconds",
+    )
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, id: str) -> Response:
         params = ApiKeyRotateSerializer(data=request.data)

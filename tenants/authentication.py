@@ -77,7 +77,7 @@ class HasRequiredScope(BasePermission):
         return True
 
 
-class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "tenants.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 

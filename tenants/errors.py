@@ -106,8 +106,9 @@ def validation_response(detail: Any) -> Response:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.status_code, exc.message, param=exc.param, code=exc.code),
-                        status=exc.status_code)
+        return Response(
+            error_body(exc.status_code, exc.message, param=exc.param, code=exc.code), status=exc.status_code
+        )
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return validation_response(detail)
@@ -126,8 +127,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return response
     codes = exc.get_codes()
     code = codes if isinstance(codes, str) else None
-    response.data = error_body(response.status_code, str(exc.detail), param=getattr(exc, "param", None),
-                               code=code)
+    response.data = error_body(
+        response.status_code, str(exc.detail), param=getattr(exc, "param", None), code=code
+    )
     for name, value in getattr(exc, "headers", {}).items():
         response[name] = value
     return response
@@ -143,7 +145,9 @@ def json_error_response(status_code: int, message: str, *, code: str | None = No
 
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
     if is_api_path(request.path):
-        return json_error_response(status.HTTP_404_NOT_FOUND, f"No route for {request.path}.", code="not_found")
+        return json_error_response(
+            status.HTTP_404_NOT_FOUND, f"No route for {request.path}.", code="not_found"
+        )
     return defaults.page_not_found(request, exception)
 
 

@@ -19,10 +19,14 @@ class ApiRequestSizeLimitMiddleware:
             try:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
-                return json_error_response(400, "Invalid Content-Length header.", code="invalid_content_length")
+                return json_error_response(
+                    400, "Invalid Content-Length header.", code="invalid_content_length"
+                )
             limit = settings.API_MAX_REQUEST_BYTES
             if length > limit:
                 return json_error_response(
-                    413, f"Request body is {length} bytes; the limit is {limit} bytes.", code="request_too_large"
+                    413,
+                    f"Request body is {length} bytes; the limit is {limit} bytes.",
+                    code="request_too_large",
                 )
         return self.get_response(request)

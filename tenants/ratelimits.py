@@ -58,7 +58,9 @@ def rate_limited_error(usages: list[PolicyUsage], message: str, code: str) -> Ap
     return ApiError(message, status_code=429, code=code, headers=headers)
 
 
-def _request_usage(request: Any, *, group: str, value: str, limit: int, increment: bool) -> PolicyUsage | None:
+def _request_usage(
+    request: Any, *, group: str, value: str, limit: int, increment: bool
+) -> PolicyUsage | None:
     key: Callable[[str, Any], str] = lambda group_, request_: value  # noqa: E731
     rate: Callable[[str, Any], tuple[int, int]] = lambda group_, request_: (limit, WINDOW_SECONDS)  # noqa: E731
     usage = get_usage(request, group=group, key=key, rate=rate, increment=increment)
@@ -67,32 +69,47 @@ def _request_usage(request: Any, *, group: str, value: str, limit: int, incremen
     return PolicyUsage(group, limit, usage["count"], max(usage["time_left"], 0))
 
 
-def request_usages(request: Any, *, api_key: ApiKey, increment: bool) -> list[PolicyUsage]:
+def _request_policies(api_key: ApiKey) -> list[tuple[str, str, int]]:
     tenant = api_key.tenant
-    policies = [
-        ("tenant-requests", f"tenant:{tenant.pk}", tenant.requests_per_minute),
+    return [
         ("key-requests", f"key:{api_key.pk}", api_key.requests_per_minute or tenant.requests_per_minute),
+        ("tenant-requests", f"tenant:{tenant.pk}", tenant.requests_per_minute),
     ]
+
+
+def request_usages(request: Any, *, api_key: ApiKey) -> list[PolicyUsage]:
+    """Current counts of the key's and the tenant's request windows, incrementing nothing."""
     usages = []
-    for group, value, limit in policies:
-        usage = _request_usage(request, group=group, value=value, limit=limit, increment=increment)
+    for group, value, limit in _request_policies(api_key):
+        usage = _request_usage(request, group=group, value=value, limit=limit, increment=False)
         if usage is not None:
             usages.append(usage)
     return usages
 
 
 def request_rate_limits_enforce(request: Any, *, api_key: ApiKey) -> list[PolicyUsage]:
-    """Counts this request against the key's and the tenant's requests/minute; 429 when over."""
+    """Counts this request against the key's, then the tenant's requests/minute; 429 when over.
+
+    The tenant counter only sees requests the key's limit admitted. Two counters incremented
+    independently would let concurrent requests each be refused by a different one, admitting
+    fewer than the limit; in this order a limit of N admits exactly N.
+    """
+    usages: list[PolicyUsage] = []
     try:
-        usages = request_usages(request, api_key=api_key, increment=True)
+        for group, value, limit in _request_policies(api_key):
+            usage = _request_usage(request, group=group, value=value, limit=limit, increment=True)
+            if usage is None:
+                continue
+            usages.append(usage)
+            if usage.exceeded:
+                raise rate_limited_error(
+                    usages,
+                    "Rate limit exceeded: too many requests per minute. Retry after the Retry-After delay.",
+                    code="requests_per_minute_exceeded",
+                )
     except RedisError:
         logger.exception("rate limiter unavailable; admitting request for tenant %s", api_key.tenant_id)
         return []
-    if any(usage.exceeded for usage in usages):
-        raise rate_limited_error(
-            usages, "Rate limit exceeded: too many requests per minute. Retry after the Retry-After delay.",
-            code="requests_per_minute_exceeded",
-        )
     return usages
 
 
@@ -123,7 +140,8 @@ def token_rate_reserve(*, tenant: Tenant, tokens: int) -> PolicyUsage:
             cache.decr(counter, tokens)
             usage = PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
             raise rate_limited_error(
-                [usage], "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
+                [usage],
+                "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
                 code="tokens_per_minute_exceeded",
             )
     except RedisError:

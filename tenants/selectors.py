@@ -15,15 +15,20 @@ def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
 
 
 def _counter(usage: PolicyUsage) -> dict[str, int]:
-    return {"used": usage.count, "limit": usage.limit, "remaining": usage.remaining,
-            "reset_seconds": usage.reset_seconds}
+    return {
+        "used": usage.count,
+        "limit": usage.limit,
+        "remaining": usage.remaining,
+        "reset_seconds": usage.reset_seconds,
+    }
 
 
 def tenant_usage_counters(request: Any, *, api_key: ApiKey) -> dict[str, dict[str, int]]:
     """This minute's counters as the rate limiter sees them (reads only, increments nothing)."""
     names = {"tenant-requests": "requests_this_minute", "key-requests": "key_requests_this_minute"}
     counters = {
-        names[usage.name]: _counter(usage) for usage in request_usages(request, api_key=api_key, increment=False)
+        names[usage.name]: _counter(usage)
+        for usage in request_usages(request, api_key=api_key)
     }
     counters["tokens_this_minute"] = _counter(tokens_this_minute(tenant=api_key.tenant))
     return counters

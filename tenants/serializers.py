@@ -22,13 +22,25 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
     id = serializers.CharField(source="public_id", read_only=True)
     prefix = serializers.CharField(source="display_key", read_only=True)
     status = serializers.CharField(read_only=True)
-    rotated_from = serializers.SlugRelatedField(slug_field="public_id", read_only=True)
+    rotated_from: serializers.SlugRelatedField[ApiKey] = serializers.SlugRelatedField(
+        slug_field="public_id", read_only=True
+    )
 
     class Meta:
         model = ApiKey
         fields = [
-            "id", "prefix", "name", "scopes", "requests_per_minute", "status", "created_at", "created_by",
-            "expires_at", "revoked_at", "last_used_at", "rotated_from",
+            "id",
+            "prefix",
+            "name",
+            "scopes",
+            "requests_per_minute",
+            "status",
+            "created_at",
+            "created_by",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "rotated_from",
         ]
 
 

@@ -124,7 +124,10 @@ def api_key_create(
         rotated_from=rotated_from,
     )
     audit_event_record(
-        tenant=tenant, actor=actor, action="api_key.create", target=api_key,
+        tenant=tenant,
+        actor=actor,
+        action="api_key.create",
+        target=api_key,
         changes={"scopes": [None, api_key.scopes], "expires_at": [None, _iso(expires_at)]},
     )
     return api_key, raw_key
@@ -147,7 +150,10 @@ def api_key_revoke(*, tenant: Tenant, api_key: ApiKey, actor: str) -> ApiKey:
     locked.revoked_at = timezone.now()
     locked.save(update_fields=["revoked_at"])
     audit_event_record(
-        tenant=tenant, actor=actor, action="api_key.revoke", target=locked,
+        tenant=tenant,
+        actor=actor,
+        action="api_key.revoke",
+        target=locked,
         changes={"revoked_at": [None, _iso(locked.revoked_at)]},
     )
     return locked
@@ -179,8 +185,14 @@ def api_key_rotate(
     old.expires_at = grace_end if previous_expiry is None else min(previous_expiry, grace_end)
     old.save(update_fields=["expires_at"])
     audit_event_record(
-        tenant=tenant, actor=actor, action="api_key.rotate", target=old,
-        changes={"expires_at": [_iso(previous_expiry), _iso(old.expires_at)], "rotated_to": [None, new_key.public_id]},
+        tenant=tenant,
+        actor=actor,
+        action="api_key.rotate",
+        target=old,
+        changes={
+            "expires_at": [_iso(previous_expiry), _iso(old.expires_at)],
+            "rotated_to": [None, new_key.public_id],
+        },
     )
     return new_key, raw_key
 
@@ -208,4 +220,3 @@ def _touch_last_used(api_key: ApiKey, now: datetime) -> None:
         return
     ApiKey.objects.filter(pk=api_key.pk).exclude(last_used_at__gt=threshold).update(last_used_at=now)
     api_key.last_used_at = now
-

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from django.urls import path
-from rest_framework.routers import SimpleRouter
 
-from tenants.api import ApiKeyViewSet, MeView
+from tenants.api import ApiKeyViewSet, MeView, OptionalSlashRouter
 
-router = SimpleRouter(trailing_slash="/?")
+router = OptionalSlashRouter()
 router.register("keys", ApiKeyViewSet, basename="api-key")
 
 urlpatterns = [

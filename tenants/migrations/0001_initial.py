@@ -2,73 +2,166 @@
 
 import django.contrib.postgres.fields
 import django.db.models.deletion
-import tenants.models
 from django.db import migrations, models
+
+import tenants.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Tenant',
+            name="Tenant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('is_active', models.BooleanField(default=True, help_text='Inactive tenants get 403 on every request.')),
-                ('requests_per_minute', models.PositiveIntegerField(default=tenants.models.default_requests_per_minute)),
-                ('tokens_per_minute', models.PositiveIntegerField(default=tenants.models.default_tokens_per_minute)),
-                ('monthly_token_quota', models.PositiveBigIntegerField(blank=True, default=tenants.models.default_monthly_token_quota, help_text='Empty means unlimited.', null=True)),
-                ('allowed_models', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=100), blank=True, default=tenants.models.default_allowed_models, help_text='Model names or shell patterns (gpt-4o*, *); comma separated. Empty allows none.', size=None)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                (
+                    "is_active",
+                    models.BooleanField(default=True, help_text="Inactive tenants get 403 on every request."),
+                ),
+                (
+                    "requests_per_minute",
+                    models.PositiveIntegerField(default=tenants.models.default_requests_per_minute),
+                ),
+                (
+                    "tokens_per_minute",
+                    models.PositiveIntegerField(default=tenants.models.default_tokens_per_minute),
+                ),
+                (
+                    "monthly_token_quota",
+                    models.PositiveBigIntegerField(
+                        blank=True,
+                        default=tenants.models.default_monthly_token_quota,
+                        help_text="Empty means unlimited.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "allowed_models",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=100),
+                        blank=True,
+                        default=tenants.models.default_allowed_models,
+                        help_text="Model names or shell patterns (gpt-4o*, *); comma separated. Empty allows none.",
+                        size=None,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(max_length=16, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('secret_hash', models.CharField(max_length=64)),
-                ('scopes', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(choices=[('chat', 'Chat'), ('documents', 'Documents'), ('billing:read', 'Billing (read)'), ('admin', 'Admin')], max_length=32), size=None)),
-                ('requests_per_minute', models.PositiveIntegerField(blank=True, help_text="Per-key limit; empty uses the tenant's requests per minute.", null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.CharField(blank=True, max_length=200)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('rotated_from', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='rotated_to', to='tenants.apikey')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.CharField(max_length=16, unique=True)),
+                ("name", models.CharField(max_length=100)),
+                ("secret_hash", models.CharField(max_length=64)),
+                (
+                    "scopes",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(
+                            choices=[
+                                ("chat", "Chat"),
+                                ("documents", "Documents"),
+                                ("billing:read", "Billing (read)"),
+                                ("admin", "Admin"),
+                            ],
+                            max_length=32,
+                        ),
+                        size=None,
+                    ),
+                ),
+                (
+                    "requests_per_minute",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Per-key limit; empty uses the tenant's requests per minute.",
+                        null=True,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("created_by", models.CharField(blank=True, max_length=200)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "rotated_from",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="rotated_to",
+                        to="tenants.apikey",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="tenants.tenant"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'ordering': ['-created_at'],
+                "verbose_name": "API key",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('actor', models.CharField(help_text='user:<name>, api_key:<id>, cli or system', max_length=200)),
-                ('action', models.CharField(max_length=64)),
-                ('target_type', models.CharField(max_length=64)),
-                ('target_id', models.CharField(max_length=64)),
-                ('changes', models.JSONField(blank=True, default=dict, help_text='{"field": [before, after]}')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('tenant', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "actor",
+                    models.CharField(help_text="user:<name>, api_key:<id>, cli or system", max_length=200),
+                ),
+                ("action", models.CharField(max_length=64)),
+                ("target_type", models.CharField(max_length=64)),
+                ("target_id", models.CharField(max_length=64)),
+                (
+                    "changes",
+                    models.JSONField(blank=True, default=dict, help_text='{"field": [before, after]}'),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['tenant', '-created_at'], name='tenants_aud_tenant__e4e645_idx'), models.Index(fields=['target_type', 'target_id'], name='tenants_aud_target__4fe9e8_idx')],
+                "ordering": ["-created_at"],
+                "indexes": [
+                    models.Index(fields=["tenant", "-created_at"], name="tenants_aud_tenant__e4e645_idx"),
+                    models.Index(fields=["target_type", "target_id"], name="tenants_aud_target__4fe9e8_idx"),
+                ],
             },
         ),
     ]

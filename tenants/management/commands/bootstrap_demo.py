@@ -32,7 +32,9 @@ class Command(BaseCommand):
         self.stdout.write("")
         self.stdout.write(f"Admin:    {base}/admin/  user '{ADMIN_USERNAME}', {password_note}")
         self.stdout.write(f"API docs: {base}/api/docs/")
-        self.stdout.write(f"Demo tenant '{DEMO_SLUG}' API key (shown once; the previous run's key expires in 1 h):")
+        self.stdout.write(
+            f"Demo tenant '{DEMO_SLUG}' API key (shown once; the previous run's key expires in 1 h):"
+        )
         self.stdout.write(f"  {raw_key}")
         self.stdout.write(f"  curl -s -H 'Authorization: Bearer {raw_key}' {base}/api/v1/me")
         self.stdout.write("")
@@ -58,7 +60,9 @@ class Command(BaseCommand):
             tenant = tenant_create(name="Demo", slug=DEMO_SLUG, actor="cli")
         now = timezone.now()
         previous = (
-            ApiKey.objects.filter(tenant=tenant, name=DEMO_KEY_NAME, revoked_at__isnull=True, rotated_to__isnull=True)
+            ApiKey.objects.filter(
+                tenant=tenant, name=DEMO_KEY_NAME, revoked_at__isnull=True, rotated_to__isnull=True
+            )
             .order_by("-created_at")
             .first()
         )

@@ -33,12 +33,18 @@ class Command(BaseCommand):
         expires_at = timezone.now() + timedelta(days=days) if days else None
         try:
             api_key, raw_key = api_key_create(
-                tenant=tenant, name=options["name"], scopes=options["scopes"], actor="cli",
-                expires_at=expires_at, requests_per_minute=options["rpm"],
+                tenant=tenant,
+                name=options["name"],
+                scopes=options["scopes"],
+                actor="cli",
+                expires_at=expires_at,
+                requests_per_minute=options["rpm"],
             )
         except DomainError as exc:
             raise CommandError(exc.message) from exc
         if options["json"]:
-            self.stdout.write(json.dumps({"tenant_id": tenant.pk, "key_id": api_key.public_id, "key": raw_key}))
+            self.stdout.write(
+                json.dumps({"tenant_id": tenant.pk, "key_id": api_key.public_id, "key": raw_key})
+            )
         else:
             self.stdout.write(raw_key)

@@ -38,11 +38,16 @@ class Command(BaseCommand):
             api_key, raw_key = api_key_create(
                 tenant=tenant, name="initial key", scopes=Scope.values, actor="cli"
             )
-        except (DomainError, ValidationError) as exc:
-            raise CommandError(getattr(exc, "message", None) or "; ".join(exc.messages)) from exc  # type: ignore[attr-defined]
+        except DomainError as exc:
+            raise CommandError(exc.message) from exc
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
         if options["json"]:
-            self.stdout.write(json.dumps({"tenant_id": tenant.pk, "slug": tenant.slug, "key_id": api_key.public_id,
-                                          "key": raw_key}))
+            self.stdout.write(
+                json.dumps(
+                    {"tenant_id": tenant.pk, "slug": tenant.slug, "key_id": api_key.public_id, "key": raw_key}
+                )
+            )
             return
         self.stdout.write(f"Tenant created: id={tenant.pk} slug={tenant.slug} name={tenant.name}")
         self.stdout.write(f"API key {api_key.public_id} (scopes: {', '.join(api_key.scopes)}), shown once:")

@@ -1,0 +1,121 @@
+"""Shared fixtures: tenants, keys and API clients on real PostgreSQL and Redis; a real gunicorn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tenants.models import ApiKey, Scope, Tenant
+from tenants.services import api_key_create, tenant_create
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis() -> Iterator[None]:
+    """Tests own Redis database TEST_REDIS_DB (see config/devserver.py); start each test empty."""
+    cache.clear()
+    yield
+
+
+@pytest.fixture
+def tenant(db: None) -> Tenant:
+    return tenant_create(name="Acme", slug="acme", actor="test")
+
+
+@pytest.fixture
+def other_tenant(db: None) -> Tenant:
+    return tenant_create(name="Globex", slug="globex", actor="test")
+
+
+KeyFactory = Callable[..., tuple[ApiKey, str]]
+
+
+@pytest.fixture
+def make_key(db: None) -> KeyFactory:
+    def make(tenant: Tenant, scopes: list[str] | None = None, **kwargs: object) -> tuple[ApiKey, str]:
+        return api_key_create(tenant=tenant, name=str(kwargs.pop("name", "test key")),
+                              scopes=scopes or [Scope.ADMIN], actor="test", **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def client_with_key(raw_key: str | None) -> APIClient:
+    client = APIClient()
+    if raw_key:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return client
+
+
+@pytest.fixture
+def api_client(tenant: Tenant, make_key: KeyFactory) -> APIClient:
+    """A client holding an admin-scoped key of `tenant`."""
+    _, raw_key = make_key(tenant)
+    return client_with_key(raw_key)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the database pytest-django created, for processes we start ourselves."""
+    db = connection.settings_dict
+    host = quote(db["HOST"], safe="") if db["HOST"].startswith("/") else db["HOST"]
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
+    return f"postgres://{db['USER']}{password}@{host}{port}/{db['NAME']}"
+
+
+class GunicornServer:
+    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.port = port
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
+    """The app under the same gunicorn config `make run` uses (several worker processes)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "3",
+        "GUNICORN_ACCESS_LOG": "",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"],
+        cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    server = GunicornServer(port, process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"gunicorn did not start: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            time.sleep(0.1)
+    yield server
+    process.terminate()
+    process.wait(20)
+    connection.close()

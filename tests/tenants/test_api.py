@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import pytest
+
+from tenants.models import ApiKey, AuditEvent, Scope
+from tests.conftest import client_with_key
+
+
+def test_me_returns_tenant_quotas_and_usage(tenant, make_key):
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    client = client_with_key(raw_key)
+    client.get("/api/v1/me")
+    response = client.get("/api/v1/me")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["tenant"]["slug"] == "acme"
+    assert body["key"]["id"] == api_key.public_id
+    assert "key" not in body["key"] or not body["key"].get("key")
+    assert body["quotas"]["requests_per_minute"] == tenant.requests_per_minute
+    assert body["quotas"]["monthly_token_quota"] == tenant.monthly_token_quota
+    assert body["usage"]["requests_this_minute"]["used"] == 2
+    assert body["usage"]["key_requests_this_minute"]["used"] == 2
+    assert body["usage"]["tokens_this_minute"] == {
+        "used": 0, "limit": tenant.tokens_per_minute, "remaining": tenant.tokens_per_minute,
+        "reset_seconds": body["usage"]["tokens_this_minute"]["reset_seconds"],
+    }
+
+
+def test_create_key_shows_secret_once_and_the_key_works(api_client, tenant):
+    response = api_client.post("/api/v1/keys", {"name": "backend", "scopes": ["chat"]}, format="json")
+    assert response.status_code == 201
+    assert response["Cache-Control"] == "no-store"
+    created = response.json()
+    raw_key = created["key"]
+    assert raw_key.startswith(f"tk_{created['id']}_")
+    assert created["scopes"] == ["chat"]
+    listed = api_client.get("/api/v1/keys").json()["results"]
+    assert {item["id"] for item in listed} >= {created["id"]}
+    assert all("key" not in item for item in listed)
+    assert raw_key not in api_client.get(f"/api/v1/keys/{created['id']}").content.decode()
+    assert client_with_key(raw_key).get("/api/v1/me").status_code == 200
+    assert AuditEvent.objects.filter(action="api_key.create", target_id=created["id"]).exists()
+
+
+def test_revoke_via_api(api_client, tenant, make_key):
+    victim, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    response = api_client.post(f"/api/v1/keys/{victim.public_id}/revoke")
+    assert response.status_code == 200
+    assert response.json()["status"] == "revoked"
+    assert client_with_key(raw_key).get("/api/v1/me").status_code == 401
+    again = api_client.post(f"/api/v1/keys/{victim.public_id}/revoke")
+    assert again.status_code == 409
+    assert again.json()["error"]["type"] == "conflict_error"
+
+
+def test_rotate_via_api_with_grace(api_client, tenant, make_key):
+    old, old_raw = make_key(tenant, scopes=[Scope.CHAT])
+    response = api_client.post(f"/api/v1/keys/{old.public_id}/rotate", {"grace_seconds": 600}, format="json")
+    assert response.status_code == 201
+    body = response.json()
+    assert body["rotated_from"] == old.public_id
+    assert client_with_key(body["key"]).get("/api/v1/me").status_code == 200
+    assert client_with_key(old_raw).get("/api/v1/me").status_code == 200
+    old.refresh_from_db()
+    assert old.expires_at is not None
+
+
+def test_rotate_with_zero_grace_via_api_ends_old_key(api_client, tenant, make_key):
+    old, old_raw = make_key(tenant, scopes=[Scope.CHAT])
+    response = api_client.post(f"/api/v1/keys/{old.public_id}/rotate", {"grace_seconds": 0}, format="json")
+    assert response.status_code == 201
+    assert client_with_key(old_raw).get("/api/v1/me").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "/api/v1/keys"), ("post", "/api/v1/keys"), ("post", "/api/v1/keys/{id}/revoke"),
+     ("post", "/api/v1/keys/{id}/rotate")],
+)
+def test_key_management_needs_admin_scope(tenant, make_key, method, path):
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT, Scope.DOCUMENTS, Scope.BILLING_READ])
+    response = getattr(client_with_key(raw_key), method)(path.format(id=api_key.public_id),
+                                                       {"name": "x", "scopes": ["chat"]}, format="json")
+    assert response.status_code == 403
+    assert response.json()["error"] == {
+        "type": "permission_error", "message": "This API key lacks the 'admin' scope.", "param": None,
+        "code": "insufficient_scope",
+    }
+    api_key.refresh_from_db()
+    assert api_key.status == "active"
+    assert ApiKey.objects.filter(tenant=tenant).count() == 1
+
+
+def test_missing_key_is_401_with_www_authenticate(db):
+    response = client_with_key(None).get("/api/v1/me")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize("state", ["unknown", "revoked", "expired", "wrong-secret"])
+def test_bad_keys_get_the_same_401(tenant, make_key, state):
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    if state == "unknown":
+        raw_key = "tk_aaaaaaaaaaaa_" + "x" * 43
+    elif state == "revoked":
+        api_client = client_with_key(make_key(tenant)[1])
+        api_client.post(f"/api/v1/keys/{api_key.public_id}/revoke")
+    elif state == "expired":
+        ApiKey.objects.filter(pk=api_key.pk).update(expires_at="2000-01-01T00:00:00Z")
+    else:
+        raw_key = raw_key[:-4] + "AAAA"
+    response = client_with_key(raw_key).get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json()["error"] == {
+        "type": "authentication_error", "message": "Invalid API key: it is unknown, expired or revoked.",
+        "param": None, "code": "invalid_api_key",
+    }
+
+
+def test_malformed_authorization_header_is_401(db):
+    client = client_with_key(None)
+    client.credentials(HTTP_AUTHORIZATION="Basic dXNlcjpwYXNz")
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert "Bearer" in response.json()["error"]["message"]
+
+
+def test_disabled_tenant_is_403(tenant, make_key):
+    _, raw_key = make_key(tenant)
+    tenant.is_active = False
+    tenant.save()
+    response = client_with_key(raw_key).get("/api/v1/me")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "tenant_disabled"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"scopes": ["chat"]}, "name"),
+        ({"name": "x"}, "scopes"),
+        ({"name": "x", "scopes": []}, "scopes"),
+        ({"name": "x", "scopes": "chat"}, "scopes"),
+        ({"name": "x", "scopes": ["root"]}, "scopes.0"),
+        ({"name": ["x"], "scopes": ["chat"]}, "name"),
+        ({"name": "x", "scopes": ["chat"], "expires_at": "next tuesday"}, "expires_at"),
+        ({"name": "x", "scopes": ["chat"], "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ({"name": "x", "scopes": ["chat"], "requests_per_minute": 0}, "requests_per_minute"),
+        ({"name": "x" * 101, "scopes": ["chat"]}, "name"),
+    ],
+)
+def test_bad_key_input_is_a_clear_400_that_changes_nothing(api_client, tenant, body, param):
+    before = ApiKey.objects.count()
+    response = api_client.post("/api/v1/keys", body, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"].startswith(param)
+    assert ApiKey.objects.count() == before
+
+
+def test_bad_rotate_grace_is_400(api_client, tenant, make_key):
+    api_key, _ = make_key(tenant)
+    before = ApiKey.objects.count()
+    for grace in (-1, 10**9, "soon"):
+        response = api_client.post(f"/api/v1/keys/{api_key.public_id}/rotate", {"grace_seconds": grace},
+                                   format="json")
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "grace_seconds"
+    assert ApiKey.objects.count() == before
+    api_key.refresh_from_db()
+    assert api_key.expires_at is None
+
+
+def test_malformed_json_is_400(api_client):
+    response = api_client.post("/api/v1/keys", data='{"name": "x", ', content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "JSON parse error" in response.json()["error"]["message"]
+
+
+def test_non_object_json_is_400(api_client):
+    response = api_client.post("/api/v1/keys", data="[1, 2]", content_type="application/json")
+    assert response.status_code == 400
+
+
+def test_wrong_content_type_is_415(api_client):
+    response = api_client.post("/api/v1/keys", data="name=x", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_oversized_body_is_413_before_parsing(api_client, settings):
+    settings.API_MAX_REQUEST_BYTES = 1000
+    response = api_client.post("/api/v1/keys", {"name": "x" * 2000, "scopes": ["chat"]}, format="json")
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "request_too_large"
+    assert ApiKey.objects.count() == 1
+
+
+def test_wrong_method_is_405_json(api_client):
+    response = api_client.delete("/api/v1/me")
+    assert response.status_code == 405
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_api_route_is_404_json(api_client):
+    response = api_client.get("/api/v1/does-not-exist")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+def test_unknown_key_id_is_404_json(api_client):
+    response = api_client.post("/api/v1/keys/nosuchkey123/revoke")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+def test_trailing_slash_is_accepted(api_client):
+    assert api_client.get("/api/v1/keys/").status_code == 200
+
+
+def test_openapi_schema_and_docs_are_served(db, client):
+    schema = client.get("/api/schema/")
+    assert schema.status_code == 200
+    text = schema.content.decode()
+    assert "/api/v1/keys/{id}/rotate" in text
+    assert "bearer" in text
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content
+    assert b"cdn.jsdelivr" not in docs.content

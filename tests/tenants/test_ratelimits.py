@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tenants.errors import ApiError
+from tenants.models import Scope
+from tenants.ratelimits import request_usages, token_rate_adjust, token_rate_reserve, tokens_this_minute
+from tests.conftest import client_with_key
+
+RATELIMIT_FIELD = re.compile(r'^"(?P<name>[a-z-]+)";r=(?P<remaining>\d+);t=(?P<reset>\d+)$')
+
+
+def start_of_fresh_windows(api_key) -> None:
+    """Waits out a window that ends within 5 s, so a test's burst never straddles two windows."""
+    closest_reset = min(usage.reset_seconds for usage in request_usages(None, api_key=api_key))
+    if closest_reset < 5:
+        time.sleep(closest_reset + 1)
+
+
+def test_tenant_limit_gives_429_with_retry_after_and_ratelimit_headers(tenant, make_key):
+    tenant.requests_per_minute = 3
+    tenant.save()
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    start_of_fresh_windows(api_key)
+    client = client_with_key(raw_key)
+    statuses = [client.get("/api/v1/me") for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    ok, limited = statuses[2], statuses[3]
+    assert ok["RateLimit-Policy"] == '"key-requests";q=3;w=60, "tenant-requests";q=3;w=60'
+    assert RATELIMIT_FIELD.match(ok["RateLimit"]).group("remaining") == "0"
+    body = limited.json()["error"]
+    assert body["type"] == "rate_limit_error"
+    assert body["code"] == "requests_per_minute_exceeded"
+    retry_after = int(limited["Retry-After"])
+    assert 1 <= retry_after <= 60
+    field = RATELIMIT_FIELD.match(limited["RateLimit"])
+    assert field.group("remaining") == "0"
+    assert int(field.group("reset")) <= 60
+
+
+def test_tenant_limit_is_shared_by_all_its_keys(tenant, make_key):
+    tenant.requests_per_minute = 4
+    tenant.save()
+    keys = [make_key(tenant, scopes=[Scope.CHAT]) for _ in range(2)]
+    for api_key, _ in keys:
+        start_of_fresh_windows(api_key)
+    clients = [client_with_key(raw_key) for _, raw_key in keys]
+    codes = [clients[i % 2].get("/api/v1/me").status_code for i in range(6)]
+    assert codes == [200, 200, 200, 200, 429, 429]
+
+
+def test_per_key_limit_applies_below_the_tenant_limit(tenant, make_key):
+    limited_key, limited_raw = make_key(tenant, scopes=[Scope.CHAT], requests_per_minute=2)
+    _, other_raw = make_key(tenant, scopes=[Scope.CHAT])
+    start_of_fresh_windows(limited_key)
+    limited = client_with_key(limited_raw)
+    assert [limited.get("/api/v1/me").status_code for _ in range(3)] == [200, 200, 429]
+    assert limited.get("/api/v1/me")["RateLimit-Policy"] == '"key-requests";q=2;w=60'
+    assert client_with_key(other_raw).get("/api/v1/me").status_code == 200
+
+
+def test_limits_are_per_tenant(tenant, other_tenant, make_key):
+    tenant.requests_per_minute = 1
+    tenant.save()
+    my_key, my_raw = make_key(tenant, scopes=[Scope.CHAT])
+    start_of_fresh_windows(my_key)
+    mine = client_with_key(my_raw)
+    theirs = client_with_key(make_key(other_tenant, scopes=[Scope.CHAT])[1])
+    assert mine.get("/api/v1/me").status_code == 200
+    assert mine.get("/api/v1/me").status_code == 429
+    assert theirs.get("/api/v1/me").status_code == 200
+
+
+def test_raising_the_quota_takes_effect_immediately(tenant, make_key):
+    tenant.requests_per_minute = 1
+    tenant.save()
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    start_of_fresh_windows(api_key)
+    client = client_with_key(raw_key)
+    assert client.get("/api/v1/me").status_code == 200
+    assert client.get("/api/v1/me").status_code == 429
+    tenant.requests_per_minute = 100
+    tenant.save()
+    assert client.get("/api/v1/me").status_code == 200
+
+
+def test_token_reservation_is_all_or_nothing(tenant):
+    tenant.tokens_per_minute = 1000
+    usage = token_rate_reserve(tenant=tenant, tokens=600)
+    assert usage.count == 600
+    with pytest.raises(ApiError) as raised:
+        token_rate_reserve(tenant=tenant, tokens=500)
+    assert raised.value.status_code == 429
+    assert raised.value.headers["Retry-After"]
+    assert tokens_this_minute(tenant=tenant).count == 600  # the refused reservation took nothing
+    token_rate_adjust(tenant=tenant, reserved=600, used=250)
+    assert tokens_this_minute(tenant=tenant).count == 250
+    assert token_rate_reserve(tenant=tenant, tokens=750).count == 1000
+
+
+def test_concurrent_token_reservations_never_exceed_the_limit(tenant):
+    tenant.tokens_per_minute = 1000
+
+    def reserve() -> bool:
+        try:
+            token_rate_reserve(tenant=tenant, tokens=100)
+            return True
+        except ApiError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        admitted = sum(pool.map(lambda _: reserve(), range(40)))
+    assert admitted == 10
+    assert tokens_this_minute(tenant=tenant).count == 1000
+
+
+def test_concurrent_requests_across_gunicorn_workers_admit_exactly_the_limit(gunicorn_server, make_key, tenant):
+    limit = 25
+    tenant.requests_per_minute = limit
+    tenant.save()
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    start_of_fresh_windows(api_key)
+
+    def call(_: int) -> int:
+        request = urllib.request.Request(f"{gunicorn_server.url}/api/v1/me",
+                                         headers={"Authorization": f"Bearer {raw_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                json.load(response)
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        codes = list(pool.map(call, range(3 * limit)))
+    assert codes.count(200) == limit
+    assert codes.count(429) == 2 * limit
