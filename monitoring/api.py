@@ -5,6 +5,7 @@ import hmac
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django_prometheus.exports import ExportToDjangoView
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -21,7 +22,11 @@ class HealthView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(summary="Dependency health (database, pgvector, cache, Celery broker)", auth=[])
+    @extend_schema(
+        summary="Dependency health (database, pgvector, cache, Celery broker)",
+        auth=[],
+        responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request) -> Response:
         checks = run_health_checks()
         failed = [name for name, result in checks.items() if result["status"] != "ok"]
@@ -35,7 +40,7 @@ class LivenessView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(summary="Liveness probe", auth=[])
+    @extend_schema(summary="Liveness probe", auth=[], responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
 

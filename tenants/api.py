@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -68,10 +68,12 @@ class TenantAPIView(APIView):
 
 
 class TenantScopedViewSet(TenantAPIView, viewsets.GenericViewSet):
-    """Subclasses implement `scoped_queryset()`; `get_queryset()` always adds the tenant filter.
+    """Subclasses set `model` and implement `scoped_queryset()`; `get_queryset()` adds the tenant filter.
 
     Overriding `get_queryset()` is refused at class creation, so an unscoped query cannot slip in.
     """
+
+    model: ClassVar[type[Model]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,6 +84,8 @@ class TenantScopedViewSet(TenantAPIView, viewsets.GenericViewSet):
         raise NotImplementedError
 
     def get_queryset(self) -> QuerySet[Any]:
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular inspecting, no request
+            return self.model._default_manager.none()
         return self.scoped_queryset().filter(tenant=self.tenant)
 
 
@@ -109,6 +113,7 @@ class MeView(TenantAPIView):
 
 
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
+    model = ApiKey
     required_scope = Scope.ADMIN
     serializer_class = ApiKeySerializer
     lookup_field = "public_id"

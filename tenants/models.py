@@ -58,7 +58,9 @@ class Tenant(models.Model):
 class TenantOwnedModel(models.Model):
     """Base for every tenant-owned table: an explicit, indexed tenant foreign key."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, db_index=True, related_name="+")
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, db_index=True, related_name="%(app_label)s_%(class)s_set"
+    )
 
     class Meta:
         abstract = True

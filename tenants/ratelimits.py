@@ -15,6 +15,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django_ratelimit.core import get_usage
+from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 
 from tenants.errors import ApiError
@@ -23,6 +24,8 @@ from tenants.models import ApiKey, Tenant
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
+# What a cache call raises when Redis is down or slow (django-redis wraps some, re-raises others).
+CACHE_ERRORS = (RedisError, ConnectionInterrupted)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def request_rate_limits_enforce(request: Any, *, api_key: ApiKey) -> list[Policy
                     "Rate limit exceeded: too many requests per minute. Retry after the Retry-After delay.",
                     code="requests_per_minute_exceeded",
                 )
-    except RedisError:
+    except CACHE_ERRORS:
         logger.exception("rate limiter unavailable; admitting request for tenant %s", api_key.tenant_id)
         return []
     return usages
@@ -144,7 +147,7 @@ def token_rate_reserve(*, tenant: Tenant, tokens: int) -> PolicyUsage:
                 "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
                 code="tokens_per_minute_exceeded",
             )
-    except RedisError:
+    except CACHE_ERRORS:
         logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
         return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, 0, reset)
     return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
@@ -157,5 +160,5 @@ def token_rate_adjust(*, tenant: Tenant, reserved: int, used: int) -> None:
     try:
         cache.add(counter, 0, WINDOW_SECONDS + 5)
         cache.incr(counter, used - reserved)
-    except (RedisError, ValueError):
+    except (*CACHE_ERRORS, ValueError):
         logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)

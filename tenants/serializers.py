@@ -75,4 +75,8 @@ class MeSerializer(serializers.Serializer):
     tenant = TenantSerializer()
     key = ApiKeySerializer()
     quotas = QuotaSerializer()
-    usage = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
+    usage = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()),
+        allow_null=True,
+        help_text="This minute's counters; null while the rate-limit store is unreachable.",
+    )

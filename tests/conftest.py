@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -24,10 +25,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def _clean_redis() -> Iterator[None]:
+def _clean_redis() -> None:
     """Tests own Redis database TEST_REDIS_DB (see config/devserver.py); start each test empty."""
     cache.clear()
-    yield
 
 
 @pytest.fixture
@@ -45,9 +45,14 @@ KeyFactory = Callable[..., tuple[ApiKey, str]]
 
 @pytest.fixture
 def make_key(db: None) -> KeyFactory:
-    def make(tenant: Tenant, scopes: list[str] | None = None, **kwargs: object) -> tuple[ApiKey, str]:
-        return api_key_create(tenant=tenant, name=str(kwargs.pop("name", "test key")),
-                              scopes=scopes or [Scope.ADMIN], actor="test", **kwargs)  # type: ignore[arg-type]
+    def make(tenant: Tenant, scopes: list[str] | None = None, **kwargs: Any) -> tuple[ApiKey, str]:
+        return api_key_create(
+            tenant=tenant,
+            name=str(kwargs.pop("name", "test key")),
+            scopes=scopes or [Scope.ADMIN],
+            actor="test",
+            **kwargs,
+        )
 
     return make
 
@@ -72,7 +77,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_database_url() -> str:
+def database_url_for_subprocesses() -> str:
     """DATABASE_URL of the database pytest-django created, for processes we start ourselves."""
     db = connection.settings_dict
     host = quote(db["HOST"], safe="") if db["HOST"].startswith("/") else db["HOST"]
@@ -94,7 +99,7 @@ def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url_for_subprocesses(),
         "REDIS_URL": settings.REDIS_URL,
         "PORT": str(port),
         "WEB_CONCURRENCY": "3",
@@ -102,7 +107,10 @@ def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"],
-        cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     server = GunicornServer(port, process)
     deadline = time.monotonic() + 30
@@ -113,7 +121,8 @@ def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"gunicorn did not start: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                stderr = process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                raise RuntimeError(f"gunicorn did not start: {stderr}") from None
             time.sleep(0.1)
     yield server
     process.terminate()

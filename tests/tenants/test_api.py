@@ -21,7 +21,9 @@ def test_me_returns_tenant_quotas_and_usage(tenant, make_key):
     assert body["usage"]["requests_this_minute"]["used"] == 2
     assert body["usage"]["key_requests_this_minute"]["used"] == 2
     assert body["usage"]["tokens_this_minute"] == {
-        "used": 0, "limit": tenant.tokens_per_minute, "remaining": tenant.tokens_per_minute,
+        "used": 0,
+        "limit": tenant.tokens_per_minute,
+        "remaining": tenant.tokens_per_minute,
         "reset_seconds": body["usage"]["tokens_this_minute"]["reset_seconds"],
     }
 
@@ -74,16 +76,23 @@ def test_rotate_with_zero_grace_via_api_ends_old_key(api_client, tenant, make_ke
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("get", "/api/v1/keys"), ("post", "/api/v1/keys"), ("post", "/api/v1/keys/{id}/revoke"),
-     ("post", "/api/v1/keys/{id}/rotate")],
+    [
+        ("get", "/api/v1/keys"),
+        ("post", "/api/v1/keys"),
+        ("post", "/api/v1/keys/{id}/revoke"),
+        ("post", "/api/v1/keys/{id}/rotate"),
+    ],
 )
 def test_key_management_needs_admin_scope(tenant, make_key, method, path):
     api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT, Scope.DOCUMENTS, Scope.BILLING_READ])
-    response = getattr(client_with_key(raw_key), method)(path.format(id=api_key.public_id),
-                                                       {"name": "x", "scopes": ["chat"]}, format="json")
+    response = getattr(client_with_key(raw_key), method)(
+        path.format(id=api_key.public_id), {"name": "x", "scopes": ["chat"]}, format="json"
+    )
     assert response.status_code == 403
     assert response.json()["error"] == {
-        "type": "permission_error", "message": "This API key lacks the 'admin' scope.", "param": None,
+        "type": "permission_error",
+        "message": "This API key lacks the 'admin' scope.",
+        "param": None,
         "code": "insufficient_scope",
     }
     api_key.refresh_from_db()
@@ -113,8 +122,10 @@ def test_bad_keys_get_the_same_401(tenant, make_key, state):
     response = client_with_key(raw_key).get("/api/v1/me")
     assert response.status_code == 401
     assert response.json()["error"] == {
-        "type": "authentication_error", "message": "Invalid API key: it is unknown, expired or revoked.",
-        "param": None, "code": "invalid_api_key",
+        "type": "authentication_error",
+        "message": "Invalid API key: it is unknown, expired or revoked.",
+        "param": None,
+        "code": "invalid_api_key",
     }
 
 
@@ -165,8 +176,9 @@ def test_bad_rotate_grace_is_400(api_client, tenant, make_key):
     api_key, _ = make_key(tenant)
     before = ApiKey.objects.count()
     for grace in (-1, 10**9, "soon"):
-        response = api_client.post(f"/api/v1/keys/{api_key.public_id}/rotate", {"grace_seconds": grace},
-                                   format="json")
+        response = api_client.post(
+            f"/api/v1/keys/{api_key.public_id}/rotate", {"grace_seconds": grace}, format="json"
+        )
         assert response.status_code == 400
         assert response.json()["error"]["param"] == "grace_seconds"
     assert ApiKey.objects.count() == before
@@ -187,7 +199,9 @@ def test_non_object_json_is_400(api_client):
 
 
 def test_wrong_content_type_is_415(api_client):
-    response = api_client.post("/api/v1/keys", data="name=x", content_type="application/x-www-form-urlencoded")
+    response = api_client.post(
+        "/api/v1/keys", data="name=x", content_type="application/x-www-form-urlencoded"
+    )
     assert response.status_code == 415
     assert response.json()["error"]["type"] == "invalid_request_error"
 

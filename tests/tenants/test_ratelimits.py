@@ -121,7 +121,9 @@ def test_concurrent_token_reservations_never_exceed_the_limit(tenant):
     assert tokens_this_minute(tenant=tenant).count == 1000
 
 
-def test_concurrent_requests_across_gunicorn_workers_admit_exactly_the_limit(gunicorn_server, make_key, tenant):
+def test_concurrent_requests_across_gunicorn_workers_admit_exactly_the_limit(
+    gunicorn_server, make_key, tenant
+):
     limit = 25
     tenant.requests_per_minute = limit
     tenant.save()
@@ -129,8 +131,9 @@ def test_concurrent_requests_across_gunicorn_workers_admit_exactly_the_limit(gun
     start_of_fresh_windows(api_key)
 
     def call(_: int) -> int:
-        request = urllib.request.Request(f"{gunicorn_server.url}/api/v1/me",
-                                         headers={"Authorization": f"Bearer {raw_key}"})
+        request = urllib.request.Request(
+            f"{gunicorn_server.url}/api/v1/me", headers={"Authorization": f"Bearer {raw_key}"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 json.load(response)

@@ -10,7 +10,13 @@ from django.utils import timezone
 
 from tenants.errors import ConflictError, DomainError
 from tenants.models import ApiKey, AuditEvent, Scope
-from tenants.services import api_key_authenticate, api_key_create, api_key_revoke, api_key_rotate, tenant_create
+from tenants.services import (
+    api_key_authenticate,
+    api_key_create,
+    api_key_revoke,
+    api_key_rotate,
+    tenant_create,
+)
 
 
 def test_key_has_prefix_public_id_and_only_its_hash_is_stored(tenant):
@@ -28,7 +34,9 @@ def test_key_has_prefix_public_id_and_only_its_hash_is_stored(tenant):
 
 
 def test_keys_are_unique_and_high_entropy(tenant):
-    raw_keys = {api_key_create(tenant=tenant, name=f"k{i}", scopes=["chat"], actor="test")[1] for i in range(20)}
+    raw_keys = {
+        api_key_create(tenant=tenant, name=f"k{i}", scopes=["chat"], actor="test")[1] for i in range(20)
+    }
     assert len(raw_keys) == 20
 
 
@@ -57,7 +65,11 @@ def test_authenticate_rejects_wrong_keys(tenant, mangle):
 
 def test_expired_key_is_rejected(tenant):
     api_key, raw_key = api_key_create(
-        tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test", expires_at=timezone.now() + timedelta(hours=1)
+        tenant=tenant,
+        name="ci",
+        scopes=[Scope.CHAT],
+        actor="test",
+        expires_at=timezone.now() + timedelta(hours=1),
     )
     assert api_key_authenticate(raw_key=raw_key) is not None
     ApiKey.objects.filter(pk=api_key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
@@ -66,8 +78,13 @@ def test_expired_key_is_rejected(tenant):
 
 def test_expiry_in_the_past_is_refused(tenant):
     with pytest.raises(DomainError, match="future"):
-        api_key_create(tenant=tenant, name="ci", scopes=["chat"], actor="test",
-                       expires_at=timezone.now() - timedelta(minutes=1))
+        api_key_create(
+            tenant=tenant,
+            name="ci",
+            scopes=["chat"],
+            actor="test",
+            expires_at=timezone.now() - timedelta(minutes=1),
+        )
     assert not ApiKey.objects.exists()
 
 
@@ -89,7 +106,9 @@ def test_revoke_is_immediate_and_audited(tenant):
 
 
 def test_rotate_keeps_old_key_valid_for_the_grace_period(tenant):
-    old, old_raw = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT, Scope.DOCUMENTS], actor="test")
+    old, old_raw = api_key_create(
+        tenant=tenant, name="ci", scopes=[Scope.CHAT, Scope.DOCUMENTS], actor="test"
+    )
     new, new_raw = api_key_rotate(tenant=tenant, api_key=old, actor="test", grace=timedelta(minutes=10))
     assert new.scopes == old.scopes
     assert new.name == old.name

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tenants.models import ApiKey, AuditEvent
+from tenants.services import api_key_authenticate
+
+RAW_KEY = re.compile(r"tk_[a-z0-9]{12}_[A-Za-z0-9_-]{40,}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/tenants/tenant/",
+        "/admin/tenants/apikey/",
+        "/admin/tenants/apikey/add/",
+        "/admin/tenants/auditevent/",
+    ],
+)
+def test_admin_pages_need_login(client, db, url):
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_tenant_pages_render_for_staff(admin_client, tenant, make_key):
+    make_key(tenant)
+    assert admin_client.get("/admin/tenants/tenant/").status_code == 200
+    page = admin_client.get(f"/admin/tenants/tenant/{tenant.pk}/change/")
+    assert page.status_code == 200
+    assert b"Create API key" in page.content
+    assert admin_client.get("/admin/tenants/apikey/?status=active").status_code == 200
+    assert admin_client.get("/admin/tenants/tenant/?q=acme").status_code == 200
+
+
+def test_admin_creates_a_key_and_shows_it_once(admin_client, tenant):
+    form = admin_client.get(f"/admin/tenants/apikey/add/?tenant={tenant.pk}")
+    assert form.status_code == 200
+    response = admin_client.post(
+        "/admin/tenants/apikey/add/",
+        {
+            "tenant": tenant.pk,
+            "name": "from admin",
+            "scopes": ["chat", "documents"],
+        },
+    )
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    raw_key = RAW_KEY.search(response.content.decode()).group(0)
+    api_key = api_key_authenticate(raw_key=raw_key)
+    assert api_key.name == "from admin"
+    assert api_key.created_by == "user:admin"
+    change_page = admin_client.get(f"/admin/tenants/apikey/{api_key.pk}/change/").content.decode()
+    assert raw_key not in change_page
+    assert raw_key not in admin_client.get("/admin/tenants/apikey/").content.decode()
+
+
+def test_admin_create_key_form_errors_create_nothing(admin_client, tenant):
+    response = admin_client.post(
+        "/admin/tenants/apikey/add/", {"tenant": tenant.pk, "name": "", "scopes": []}
+    )
+    assert response.status_code == 200
+    assert not RAW_KEY.search(response.content.decode())
+    assert not ApiKey.objects.exists()
+
+
+def test_admin_revoke_and_rotate_actions(admin_client, tenant, make_key):
+    to_revoke, revoked_raw = make_key(tenant)
+    to_rotate, _ = make_key(tenant)
+    admin_client.post("/admin/tenants/apikey/", {"action": "revoke_keys", "_selected_action": [to_revoke.pk]})
+    assert api_key_authenticate(raw_key=revoked_raw) is None
+    assert AuditEvent.objects.filter(action="api_key.revoke", actor="user:admin").exists()
+    response = admin_client.post(
+        "/admin/tenants/apikey/", {"action": "rotate_keys", "_selected_action": [to_rotate.pk]}
+    )
+    assert response.status_code == 200
+    new_raw = RAW_KEY.search(response.content.decode()).group(0)
+    assert api_key_authenticate(raw_key=new_raw).rotated_from == to_rotate
+
+
+def test_admin_quota_edit_is_audited(admin_client, tenant):
+    response = admin_client.post(
+        f"/admin/tenants/tenant/{tenant.pk}/change/",
+        {
+            "name": tenant.name,
+            "slug": tenant.slug,
+            "is_active": "on",
+            "requests_per_minute": 77,
+            "tokens_per_minute": tenant.tokens_per_minute,
+            "monthly_token_quota": tenant.monthly_token_quota,
+            "allowed_models": "*",
+            "tenants_apikey_set-TOTAL_FORMS": 0,
+            "tenants_apikey_set-INITIAL_FORMS": 0,
+        },
+    )
+    assert response.status_code in (200, 302)
+    tenant.refresh_from_db()
+    assert tenant.requests_per_minute == 77, response.content.decode()[:3000]
+    event = AuditEvent.objects.get(action="tenant.update")
+    assert event.changes["requests_per_minute"][1] == 77
