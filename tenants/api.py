@@ -107,7 +107,7 @@ class MeView(TenantAPIView):
             "tenant": TenantSerializer(self.tenant).data,
             "key": ApiKeySerializer(self.api_key).data,
             "quotas": QuotaSerializer(self.tenant).data,
-            "usage": tenant_usage_counters(request, api_key=self.api_key),
+            "usage": tenant_usage_counters(tenant=self.tenant, request_usages=self.rate_limit_usages),
         }
         return Response(data)
 

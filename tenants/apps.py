@@ -9,3 +9,6 @@ class TenantsConfig(AppConfig):
     name = "tenants"
     verbose_name = "Tenants"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from tenants import signals  # noqa: F401  (connects the cache invalidation receivers)

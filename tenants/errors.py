@@ -13,10 +13,14 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 API_PATH_PREFIXES = ("/api/", "/v1/")
+# What a cache call raises when Redis is down or slow (django-redis wraps some, re-raises others).
+CACHE_ERRORS = (RedisError, ConnectionInterrupted)
 
 ERROR_TYPES = {
     400: "invalid_request_error",

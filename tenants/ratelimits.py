@@ -15,17 +15,13 @@ from typing import Any
 
 from django.core.cache import cache
 from django_ratelimit.core import get_usage
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
 
-from tenants.errors import ApiError
+from tenants.errors import CACHE_ERRORS, ApiError
 from tenants.models import ApiKey, Tenant
 
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
-# What a cache call raises when Redis is down or slow (django-redis wraps some, re-raises others).
-CACHE_ERRORS = (RedisError, ConnectionInterrupted)
 
 
 @dataclass(frozen=True)

@@ -3,54 +3,50 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from tenants.models import ApiKey, Scope, Tenant
+from tenants.models import ApiKey, Scope
 
 
-class TenantSerializer(serializers.ModelSerializer[Tenant]):
-    class Meta:
-        model = Tenant
-        fields = ["id", "name", "slug", "is_active", "created_at"]
+# Output shapes are plain Serializers: ModelSerializer rebuilds its fields from model metadata on
+# every instantiation, which cost ~1 ms per object on the /me path (bench/api_overhead.py).
+class TenantSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    slug = serializers.CharField()
+    is_active = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
 
 
-class QuotaSerializer(serializers.ModelSerializer[Tenant]):
-    class Meta:
-        model = Tenant
-        fields = ["requests_per_minute", "tokens_per_minute", "monthly_token_quota", "allowed_models"]
+class QuotaSerializer(serializers.Serializer):
+    requests_per_minute = serializers.IntegerField()
+    tokens_per_minute = serializers.IntegerField()
+    monthly_token_quota = serializers.IntegerField(allow_null=True, help_text="null means unlimited")
+    allowed_models = serializers.ListField(child=serializers.CharField())
 
 
-class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
-    id = serializers.CharField(source="public_id", read_only=True)
-    prefix = serializers.CharField(source="display_key", read_only=True)
-    status = serializers.CharField(read_only=True)
-    rotated_from: serializers.SlugRelatedField[ApiKey] = serializers.SlugRelatedField(
-        slug_field="public_id", read_only=True
+class ApiKeySerializer(serializers.Serializer):
+    id = serializers.CharField(source="public_id")
+    prefix = serializers.CharField(source="display_key", help_text="Recognisable start of the key")
+    name = serializers.CharField()
+    scopes = serializers.ListField(
+        child=serializers.CharField(), help_text=f"Any of {', '.join(Scope.values)}"
     )
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField(help_text="active, expired or revoked")
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    rotated_from = serializers.SerializerMethodField()
 
-    class Meta:
-        model = ApiKey
-        fields = [
-            "id",
-            "prefix",
-            "name",
-            "scopes",
-            "requests_per_minute",
-            "status",
-            "created_at",
-            "created_by",
-            "expires_at",
-            "revoked_at",
-            "last_used_at",
-            "rotated_from",
-        ]
+    def get_rotated_from(self, api_key: ApiKey) -> str | None:
+        return api_key.rotated_from.public_id if api_key.rotated_from_id else None
 
 
 class ApiKeyWithSecretSerializer(ApiKeySerializer):
     """Only in the response that creates a key: the one time the raw key is shown."""
 
     key = serializers.CharField(read_only=True)
-
-    class Meta(ApiKeySerializer.Meta):
-        fields = [*ApiKeySerializer.Meta.fields, "key"]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from tenants.errors import ConflictError, DomainError
+from tenants.errors import CACHE_ERRORS, ConflictError, DomainError
 from tenants.models import ApiKey, AuditEvent, Scope, Tenant
+from tenants.selectors import api_key_lookup
 
 PUBLIC_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 PUBLIC_ID_LENGTH = 12
@@ -203,7 +206,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     public_id, _, secret = rest.partition("_")
     api_key = None
     if prefix == settings.API_KEY_PREFIX and secret and len(public_id) == PUBLIC_ID_LENGTH:
-        api_key = ApiKey.objects.select_related("tenant").filter(public_id=public_id).first()
+        api_key = api_key_lookup(public_id=public_id)
     stored_hash = api_key.secret_hash if api_key else _MISSING_KEY_HASH
     hash_matches = hmac.compare_digest(stored_hash, hash_api_key(raw_key))
     now = timezone.now()
@@ -213,10 +216,28 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     return api_key
 
 
+# key pk -> monotonic time this process last claimed the key's last-used window.
+_last_used_claims: dict[int, float] = {}
+
+
 def _touch_last_used(api_key: ApiKey, now: datetime) -> None:
-    """At most one write per key per resolution window, whatever the request rate."""
-    threshold = now - settings.API_KEY_LAST_USED_RESOLUTION
-    if api_key.last_used_at is not None and api_key.last_used_at > threshold:
+    """One UPDATE per key per resolution window, whatever the request rate or number of workers.
+
+    Each process asks Redis at most once per window (the memo above); Redis's atomic SET NX then
+    picks one process to write. Without Redis, the conditional UPDATE alone still keeps writes
+    rare (it matches no row inside the window).
+    """
+    resolution = settings.API_KEY_LAST_USED_RESOLUTION
+    claimed_at = _last_used_claims.get(api_key.pk)
+    if claimed_at is not None and time.monotonic() - claimed_at < resolution.total_seconds():
         return
+    _last_used_claims[api_key.pk] = time.monotonic()
+    try:
+        claimed = cache.add(f"apikey:touched:{api_key.pk}", 1, int(resolution.total_seconds()))
+    except CACHE_ERRORS:
+        claimed = True
+    if not claimed:
+        return
+    threshold = now - resolution
     ApiKey.objects.filter(pk=api_key.pk).exclude(last_used_at__gt=threshold).update(last_used_at=now)
     api_key.last_used_at = now

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,7 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tenants.models import ApiKey, Scope, Tenant
@@ -55,6 +57,13 @@ def make_key(db: None) -> KeyFactory:
         )
 
     return make
+
+
+def expire_now(api_key: ApiKey) -> None:
+    """Moves a key's expiry into the past through save(), as an operator's edit would."""
+    api_key.refresh_from_db()
+    api_key.expires_at = timezone.now() - timedelta(seconds=1)
+    api_key.save(update_fields=["expires_at"])
 
 
 def client_with_key(raw_key: str | None) -> APIClient:

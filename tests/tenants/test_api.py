@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tenants.models import ApiKey, AuditEvent, Scope
-from tests.conftest import client_with_key
+from tests.conftest import client_with_key, expire_now
 
 
 def test_me_returns_tenant_quotas_and_usage(tenant, make_key):
@@ -116,7 +116,7 @@ def test_bad_keys_get_the_same_401(tenant, make_key, state):
         api_client = client_with_key(make_key(tenant)[1])
         api_client.post(f"/api/v1/keys/{api_key.public_id}/revoke")
     elif state == "expired":
-        ApiKey.objects.filter(pk=api_key.pk).update(expires_at="2000-01-01T00:00:00Z")
+        expire_now(api_key)
     else:
         raw_key = raw_key[:-4] + "AAAA"
     response = client_with_key(raw_key).get("/api/v1/me")

@@ -4,6 +4,7 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -17,6 +18,7 @@ from tenants.services import (
     api_key_rotate,
     tenant_create,
 )
+from tests.conftest import expire_now
 
 
 def test_key_has_prefix_public_id_and_only_its_hash_is_stored(tenant):
@@ -72,7 +74,7 @@ def test_expired_key_is_rejected(tenant):
         expires_at=timezone.now() + timedelta(hours=1),
     )
     assert api_key_authenticate(raw_key=raw_key) is not None
-    ApiKey.objects.filter(pk=api_key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    expire_now(api_key)
     assert api_key_authenticate(raw_key=raw_key) is None
 
 
@@ -117,7 +119,7 @@ def test_rotate_keeps_old_key_valid_for_the_grace_period(tenant):
     assert api_key_authenticate(raw_key=old_raw) is not None  # still inside the grace period
     old.refresh_from_db()
     assert timedelta(minutes=9) < old.expires_at - timezone.now() <= timedelta(minutes=10)
-    ApiKey.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    expire_now(old)
     assert api_key_authenticate(raw_key=old_raw) is None
     assert api_key_authenticate(raw_key=new_raw) is not None
     assert AuditEvent.objects.filter(action="api_key.rotate", target_id=old.public_id).exists()
@@ -158,7 +160,32 @@ def test_last_used_is_written_at_most_once_per_resolution(tenant):
         for _ in range(5):
             api_key_authenticate(raw_key=raw_key)
     assert not [q["sql"] for q in later.captured_queries if q["sql"].startswith("UPDATE")]
-    assert len(later.captured_queries) == 5  # one indexed SELECT per request
+    assert later.captured_queries == []  # key and tenant come from the cache in the steady state
+
+
+def test_revoking_drops_the_cached_key(tenant):
+    api_key, raw_key = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test")
+    assert api_key_authenticate(raw_key=raw_key) is not None
+    assert cache.get(f"apikey:{api_key.public_id}") is not None
+    api_key_revoke(tenant=tenant, api_key=api_key, actor="test")
+    assert api_key_authenticate(raw_key=raw_key) is None
+
+
+def test_tenant_edits_drop_its_cached_keys(tenant):
+    _, raw_key = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test")
+    assert api_key_authenticate(raw_key=raw_key).tenant.requests_per_minute == tenant.requests_per_minute
+    tenant.requests_per_minute = 7
+    tenant.is_active = False
+    tenant.save()
+    cached = api_key_authenticate(raw_key=raw_key)
+    assert cached.tenant.requests_per_minute == 7
+    assert cached.tenant.is_active is False
+
+
+def test_authentication_works_without_redis(tenant, settings):
+    _, raw_key = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test")
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    assert api_key_authenticate(raw_key=raw_key) is not None
 
 
 def test_tenant_create_defaults_from_settings_and_refuses_duplicate_slug(db, settings):

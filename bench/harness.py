@@ -1,0 +1,160 @@
+"""Shared pieces of the bench/ scripts: Django set-up, a gunicorn like `make run`'s, a load generator
+and the results file. Run benchmarks with `make bench B=bench/<script>.py` (services set up for you).
+"""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing
+import os
+import re
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+RESULTS = BASE_DIR / "bench" / "RESULTS.md"
+
+
+def setup_django() -> None:
+    sys.path.insert(0, str(BASE_DIR))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(extra_env: dict[str, str] | None = None) -> Iterator[int]:
+    """The app under config/gunicorn.conf.py, as `make run` starts it, with production settings
+    (DEBUG off; plain HTTP on loopback, so no TLS redirect); yields the port."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "GUNICORN_ACCESS_LOG": "",
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "BEHIND_TLS_PROXY": "0",
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi",
+            "--config",
+            "config/gunicorn.conf.py",
+            "--log-level",
+            "warning",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not start") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    statuses: dict[int, int]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(0.99)
+
+
+def _client(args: tuple[int, str, dict[str, str], float]) -> tuple[list[float], dict[int, int]]:
+    port, path, headers, seconds = args
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        latencies.append((time.perf_counter() - started) * 1000)
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+    connection.close()
+    return latencies, statuses
+
+
+def load(
+    port: int, path: str, *, concurrency: int, seconds: float, headers: dict[str, str] | None = None
+) -> LoadResult:
+    """`concurrency` client processes, each one keep-alive connection in a closed loop."""
+    args = [(port, path, headers or {}, seconds)] * concurrency
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(concurrency) as pool:
+        results = pool.map(_client, args)
+    elapsed = time.perf_counter() - started
+    latencies = [latency for part, _ in results for latency in part]
+    statuses: dict[int, int] = {}
+    for _, part in results:
+        for status, count in part.items():
+            statuses[status] = statuses.get(status, 0) + count
+    return LoadResult(len(latencies), elapsed, latencies, statuses)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replaces this benchmark's section of bench/RESULTS.md, keeping the others."""
+    text = (
+        RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the bench/ scripts.\n"
+    )
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+def machine_line() -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {when}"
