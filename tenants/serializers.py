@@ -40,7 +40,7 @@ class ApiKeySerializer(serializers.Serializer):
     rotated_from = serializers.SerializerMethodField()
 
     def get_rotated_from(self, api_key: ApiKey) -> str | None:
-        return api_key.rotated_from.public_id if api_key.rotated_from_id else None
+        return api_key.rotated_from.public_id if api_key.rotated_from is not None else None
 
 
 class ApiKeyWithSecretSerializer(ApiKeySerializer):
