@@ -131,6 +131,7 @@ def with_redis_db(url: str, db: str) -> str:
 
 def prepare_environment(mode: str) -> dict[str, str]:
     DATA_DIR.mkdir(exist_ok=True)
+    (DATA_DIR / "static").mkdir(exist_ok=True)  # STATIC_ROOT; WhiteNoise warns when it is missing
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
     if not env.get("DATABASE_URL"):
