@@ -184,6 +184,10 @@ TENANT_DEFAULT_ALLOWED_MODELS = env_list("TENANT_DEFAULT_ALLOWED_MODELS", "*")
 # Largest request body the JSON API accepts; larger ones get 413 before any parsing.
 API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 1024 * 1024)
 
+# --- Prompts ----------------------------------------------------------------------------------------
+# How often a worker re-checks (one Redis GET) that its cached prompt snapshot is still current.
+PROMPT_CACHE_CHECK_SECONDS = env_int("PROMPT_CACHE_CHECK_SECONDS", 2)
+
 # --- LLM providers (used by the chat app) ----------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL") or None

@@ -1,3 +1,194 @@
-"""api for the prompts app (filled by its issue)."""
+"""Tenant API for prompts: read and render with the `chat` scope, manage own templates with `admin`."""
 
 from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from prompts.models import Experiment, PromptLabel
+from prompts.selectors import (
+    owned_template,
+    prompt_render,
+    prompt_resolve,
+    template_for_tenant,
+    visible_templates,
+)
+from prompts.serializers import (
+    ExperimentCreateSerializer,
+    LabelMoveSerializer,
+    PromptCreateSerializer,
+    PromptSummarySerializer,
+    PromptVersionCreateSerializer,
+    RenderResultSerializer,
+    RenderSerializer,
+    experiment_data,
+    rendered_data,
+    template_detail,
+    template_summary,
+    version_data,
+)
+from prompts.services import (
+    experiment_start,
+    experiment_stop,
+    prompt_label_move,
+    prompt_template_create,
+    prompt_version_create,
+)
+from tenants.api import TenantAPIView
+from tenants.errors import DomainError, NotFoundError
+from tenants.models import Scope
+
+NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Prompt name (slug)")
+READ_ACTIONS = {"list", "retrieve", "render"}
+
+
+class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
+    """Prompts by name: the tenant's own, or the global one of that name when it has none."""
+
+    lookup_field = "name"
+    lookup_value_regex = r"[-a-zA-Z0-9_]+"
+
+    def get_required_scope(self) -> str:
+        return Scope.CHAT if self.action in READ_ACTIONS else Scope.ADMIN
+
+    @extend_schema(responses=PromptSummarySerializer(many=True), summary="Prompts visible to this tenant")
+    def list(self, request: Request) -> Response:
+        templates = visible_templates(tenant=self.tenant).prefetch_related(
+            Prefetch("labels", queryset=PromptLabel.objects.select_related("version")), "versions"
+        )
+        return Response({"results": [template_summary(template) for template in templates]})
+
+    @extend_schema(
+        parameters=[NAME],
+        responses=OpenApiTypes.OBJECT,
+        summary="A prompt with its versions, labels and running experiment",
+    )
+    def retrieve(self, request: Request, name: str) -> Response:
+        return Response(template_detail(template_for_tenant(tenant=self.tenant, name=name)))
+
+    @extend_schema(
+        request=PromptCreateSerializer,
+        responses={201: OpenApiTypes.OBJECT},
+        summary="Create a tenant prompt: version 1, labelled production",
+    )
+    def create(self, request: Request) -> Response:
+        params = PromptCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        template = prompt_template_create(
+            tenant=self.tenant,
+            name=data["name"],
+            kind=data["kind"],
+            description=data["description"],
+            messages=data.get("messages"),
+            text=data.get("text"),
+            variables=data.get("variables"),
+            model_config=data.get("model_config"),
+            actor=self.actor,
+        )
+        return Response(template_detail(template), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[NAME],
+        request=RenderSerializer,
+        responses=RenderResultSerializer,
+        summary="Resolve (label, version or experiment variant) and render with variables",
+    )
+    @action(detail=True, methods=["post"])
+    def render(self, request: Request, name: str) -> Response:
+        params = RenderSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        resolved = prompt_resolve(
+            tenant=self.tenant,
+            name=name,
+            label=data.get("label"),
+            version=data.get("version"),
+            user=data.get("user"),
+        )
+        return Response(rendered_data(prompt_render(resolved=resolved, variables=data["variables"])))
+
+    @extend_schema(
+        parameters=[NAME],
+        request=PromptVersionCreateSerializer,
+        responses={201: OpenApiTypes.OBJECT},
+        summary="Add a version (labels do not move)",
+    )
+    @action(detail=True, methods=["post"])
+    def versions(self, request: Request, name: str) -> Response:
+        template = owned_template(tenant=self.tenant, name=name)
+        params = PromptVersionCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        version = prompt_version_create(
+            template=template,
+            messages=data.get("messages"),
+            text=data.get("text"),
+            variables=data.get("variables"),
+            model_config=data.get("model_config"),
+            message=data["message"],
+            actor=self.actor,
+        )
+        return Response(version_data(version), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[NAME, OpenApiParameter("label", str, OpenApiParameter.PATH)],
+        request=LabelMoveSerializer,
+        responses=OpenApiTypes.OBJECT,
+        summary="Point a label (production, staging, any) at a version; audited",
+    )
+    @action(
+        detail=True, methods=["put"], url_path=r"labels/(?P<label>[a-z0-9][a-z0-9_-]{0,49})", url_name="label"
+    )
+    def move_label(self, request: Request, name: str, label: str) -> Response:
+        template = owned_template(tenant=self.tenant, name=name)
+        params = LabelMoveSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        version = template.versions.filter(number=params.validated_data["version"]).first()
+        if version is None:
+            raise DomainError(
+                f"Prompt '{name}' has no version {params.validated_data['version']}.", param="version"
+            )
+        moved = prompt_label_move(template=template, label=label, version=version, actor=self.actor)
+        return Response({"label": moved.name, "version": version.number, "updated_at": moved.updated_at})
+
+    @extend_schema(
+        parameters=[NAME],
+        request=ExperimentCreateSerializer,
+        responses={201: OpenApiTypes.OBJECT},
+        summary="Start an A/B experiment (stops the running one)",
+    )
+    @action(detail=True, methods=["post"])
+    def experiments(self, request: Request, name: str) -> Response:
+        template = owned_template(tenant=self.tenant, name=name)
+        params = ExperimentCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        variants = [(v["version"], v["weight"]) for v in params.validated_data["variants"]]
+        experiment = experiment_start(
+            template=template, variants=variants, name=params.validated_data["name"], actor=self.actor
+        )
+        return Response(experiment_data(experiment), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[NAME, OpenApiParameter("experiment_id", int, OpenApiParameter.PATH)],
+        request=None,
+        responses=OpenApiTypes.OBJECT,
+        summary="Stop an experiment",
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=r"experiments/(?P<experiment_id>[0-9]+)/stop",
+        url_name="experiment-stop",
+    )
+    def stop_experiment(self, request: Request, name: str, experiment_id: str) -> Response:
+        template = owned_template(tenant=self.tenant, name=name)
+        experiment = Experiment.objects.filter(template=template, pk=int(experiment_id)).first()
+        if experiment is None:
+            raise NotFoundError(f"Prompt '{name}' has no experiment {experiment_id}.", param="experiment_id")
+        return Response(experiment_data(experiment_stop(experiment=experiment, actor=self.actor)))

@@ -1,3 +1,154 @@
-"""serializers for the prompts app (filled by its issue)."""
-
 from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from prompts.models import PromptTemplate, TemplateKind
+from prompts.rendering import ROLES
+from prompts.selectors import RenderedPrompt, running_experiment
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=ROLES)
+    content = serializers.CharField(trim_whitespace=False)
+
+
+class VersionContentSerializer(serializers.Serializer):
+    """The body of a new version; the content rules themselves live in prompts.rendering."""
+
+    messages = MessageSerializer(many=True, required=False, allow_null=True)
+    text = serializers.CharField(required=False, allow_null=True, trim_whitespace=False)
+    variables = serializers.DictField(
+        child=serializers.CharField(allow_null=True, allow_blank=True, trim_whitespace=False),
+        required=False,
+        allow_null=True,
+        help_text='{"name": default or null for required}; omitted: inferred from placeholders, all required',
+    )
+    model_config = serializers.DictField(
+        required=False, allow_null=True, help_text="model, temperature, max_tokens, top_p"
+    )
+
+
+class PromptCreateSerializer(VersionContentSerializer):
+    name = serializers.SlugField(max_length=100)
+    kind = serializers.ChoiceField(choices=TemplateKind.choices)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class PromptVersionCreateSerializer(VersionContentSerializer):
+    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+
+
+class LabelMoveSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+
+
+class RenderSerializer(serializers.Serializer):
+    label = serializers.SlugField(required=False, max_length=50)  # type: ignore[assignment]  # shadows Field.label
+    version = serializers.IntegerField(required=False, min_value=1)
+    variables = serializers.DictField(required=False, default=dict)
+    user = serializers.CharField(
+        required=False, max_length=200, help_text="End-user id for sticky A/B assignment"
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "label" in attrs and "version" in attrs:
+            raise serializers.ValidationError({"version": "Give either label or version, not both."})
+        return attrs
+
+
+class VariantInputSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    weight = serializers.IntegerField(min_value=0, max_value=100)
+
+
+class ExperimentCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
+    variants = VariantInputSerializer(many=True, allow_empty=False)
+
+
+def version_data(version: Any) -> dict[str, Any]:
+    return {
+        "number": version.number,
+        "messages": version.messages,
+        "text": version.text,
+        "variables": version.variables,
+        "model_config": version.model_config,
+        "message": version.message,
+        "author": version.author,
+        "created_at": version.created_at,
+    }
+
+
+def experiment_data(experiment: Any) -> dict[str, Any] | None:
+    if experiment is None:
+        return None
+    return {
+        "id": experiment.pk,
+        "name": experiment.name,
+        "status": experiment.status,
+        "started_at": experiment.started_at,
+        "stopped_at": experiment.stopped_at,
+        "variants": [
+            {"id": v.pk, "version": v.version.number, "weight": v.weight} for v in experiment.variants.all()
+        ],
+    }
+
+
+def template_summary(template: PromptTemplate) -> dict[str, Any]:
+    return {
+        "name": template.name,
+        "owner": "global" if template.tenant_id is None else "tenant",
+        "kind": template.kind,
+        "description": template.description,
+        "labels": {label.name: label.version.number for label in template.labels.all()},
+        "latest_version": max((v.number for v in template.versions.all()), default=None),
+    }
+
+
+def template_detail(template: PromptTemplate) -> dict[str, Any]:
+    return {
+        **template_summary(template),
+        "versions": [version_data(version) for version in template.versions.all()],
+        "running_experiment": experiment_data(running_experiment(template=template)),
+    }
+
+
+def rendered_data(rendered: RenderedPrompt) -> dict[str, Any]:
+    resolved = rendered.resolved
+    body: dict[str, Any] = {"prompt": resolved.name}
+    if rendered.messages is not None:
+        body["messages"] = rendered.messages
+    else:
+        body["text"] = rendered.text
+    body.update(
+        {
+            "version": resolved.version.number,
+            "variant": resolved.variant_id,
+            "experiment": resolved.experiment_id,
+            "model_config": resolved.version.model_config,
+        }
+    )
+    return body
+
+
+class PromptSummarySerializer(serializers.Serializer):
+    """Schema of the list items (built by template_summary)."""
+
+    name = serializers.CharField()
+    owner = serializers.ChoiceField(choices=["global", "tenant"])
+    kind = serializers.ChoiceField(choices=TemplateKind.choices)
+    description = serializers.CharField()
+    labels = serializers.DictField(child=serializers.IntegerField())
+    latest_version = serializers.IntegerField()
+
+
+class RenderResultSerializer(serializers.Serializer):
+    prompt = serializers.CharField()
+    messages = MessageSerializer(many=True, required=False)
+    text = serializers.CharField(required=False)
+    version = serializers.IntegerField()
+    variant = serializers.IntegerField(allow_null=True)
+    experiment = serializers.IntegerField(allow_null=True)
+    model_config = serializers.DictField()

@@ -57,6 +57,16 @@ class ConflictError(DomainError):
     code = "conflict"
 
 
+class NotFoundError(DomainError):
+    status_code = 404
+    code = "not_found"
+
+
+class ForbiddenError(DomainError):
+    status_code = 403
+    code = "forbidden"
+
+
 class ApiError(exceptions.APIException):
     """An API error with an explicit type/code and extra response headers (Retry-After...)."""
 

@@ -9,26 +9,77 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.db.models import Model
+from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from tenants.models import Scope, Tenant
+from prompts.models import PromptTemplate
+from prompts.services import experiment_start, prompt_template_create, prompt_version_create
+from tenants.models import ApiKey, Scope, Tenant
 from tenants.services import api_key_create
 from tests.conftest import client_with_key
 
 HTTP_METHODS = ["get", "post", "put", "patch", "delete"]
+State = Callable[[], Any]
 
 
-def _api_key(tenant: Tenant) -> tuple[dict[str, str], Model]:
+def _api_key(tenant: Tenant) -> tuple[dict[str, str], State]:
     api_key, _ = api_key_create(tenant=tenant, name="victim", scopes=[Scope.CHAT], actor="test")
-    return {"id": api_key.public_id}, api_key
+    return {"id": api_key.public_id}, lambda: ApiKey.objects.filter(pk=api_key.pk).values().get()
 
 
-# route name -> creates an object owned by the tenant; returns the URL kwargs and the object.
-OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], Model]]] = {
+def _prompt_state(template: PromptTemplate) -> State:
+    def state() -> Any:
+        return (
+            PromptTemplate.objects.filter(pk=template.pk).values().get(),
+            list(template.versions.values_list("number", flat=True)),
+            list(template.labels.values_list("name", "version_id")),
+            list(template.experiments.values_list("id", "status")),
+        )
+
+    return state
+
+
+def _prompt(tenant: Tenant) -> tuple[dict[str, str], State]:
+    template = prompt_template_create(
+        tenant=tenant, name="secret-sauce", kind="text", text="{{ q }}", actor="t"
+    )
+    return {"name": template.name}, _prompt_state(template)
+
+
+def _prompt_label(tenant: Tenant) -> tuple[dict[str, str], State]:
+    kwargs, state = _prompt(tenant)
+    return {**kwargs, "label": "production"}, state
+
+
+def _prompt_experiment(tenant: Tenant) -> tuple[dict[str, str], State]:
+    template = prompt_template_create(
+        tenant=tenant, name="secret-ab", kind="text", text="a {{ q }}", actor="t"
+    )
+    prompt_version_create(template=template, text="b {{ q }}", actor="t")
+    experiment = experiment_start(template=template, variants=[(1, 50), (2, 50)], actor="t")
+    return {"name": template.name, "experiment_id": str(experiment.pk)}, _prompt_state(template)
+
+
+# route name -> creates an object owned by the tenant; returns the URL kwargs and a snapshot of its state.
+OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = {
     "api-key-detail": _api_key,
     "api-key-revoke": _api_key,
     "api-key-rotate": _api_key,
+    "prompt-detail": _prompt,
+    "prompt-render": _prompt,
+    "prompt-versions": _prompt,
+    "prompt-experiments": _prompt,
+    "prompt-label": _prompt_label,
+    "prompt-experiment-stop": _prompt_experiment,
+}
+
+
+# Valid bodies, so a 404 cannot hide behind a 400 for bad input.
+BODIES: dict[str, dict[str, Any]] = {
+    "prompt-render": {"variables": {"q": "x"}},
+    "prompt-versions": {"text": "stolen {{ q }}"},
+    "prompt-experiments": {"variants": [{"version": 1, "weight": 100}]},
+    "prompt-label": {"version": 1},
 }
 
 
@@ -77,12 +128,14 @@ def test_other_tenants_objects_are_404_on_every_method(tenant, other_tenant):
     checked = 0
     for _, pattern in object_routes():
         for method in allowed_methods(pattern):
-            kwargs, owned = OBJECT_FACTORIES[pattern.name](tenant)
-            before = type(owned).objects.filter(pk=owned.pk).values().get()
-            url = reverse(pattern.name, kwargs=kwargs)
-            response = getattr(intruder, method)(url, {}, format="json")
-            assert response.status_code == 404, f"{method.upper()} {url} gave {response.status_code}"
-            assert response.json()["error"]["type"] == "not_found_error"
-            assert type(owned).objects.filter(pk=owned.pk).values().get() == before
+            with transaction.atomic():
+                kwargs, state = OBJECT_FACTORIES[pattern.name](tenant)
+                before = state()
+                url = reverse(pattern.name, kwargs=kwargs)
+                response = getattr(intruder, method)(url, BODIES.get(pattern.name, {}), format="json")
+                assert response.status_code == 404, f"{method.upper()} {url} gave {response.status_code}"
+                assert response.json()["error"]["type"] == "not_found_error"
+                assert state() == before
+                transaction.set_rollback(True)
             checked += 1
-    assert checked >= 3
+    assert checked >= len(OBJECT_FACTORIES)
