@@ -68,7 +68,7 @@ def main() -> None:
         prompt_render(resolved=resolved, variables=variables)
 
     def uncached(i: int) -> None:
-        selectors._templates.clear()
+        selectors.prompt_snapshots.clear()
         resolve_and_render(i)
 
     cached_rate, cached_queries = rate(resolve_and_render)

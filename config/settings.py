@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -164,7 +165,17 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "sweep-expired-reservations": {"task": "billing.tasks.sweep_expired_reservations", "schedule": 60.0},
+    "generate-monthly-invoices": {
+        "task": "billing.tasks.generate_monthly_invoices",
+        "schedule": crontab(minute=15, hour=0, day_of_month=1),
+    },
+    "finalize-due-invoices": {
+        "task": "billing.tasks.finalize_due_invoices",
+        "schedule": crontab(minute=30, hour=1),
+    },
+}
 CELERY_TIMEZONE = "UTC"
 
 # --- Rate limits (django-ratelimit on the Redis cache) ----------------------------------------------
@@ -187,6 +198,13 @@ API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 1024 * 1024)
 # --- Prompts ----------------------------------------------------------------------------------------
 # How often a worker re-checks (one Redis GET) that its cached prompt snapshot is still current.
 PROMPT_CACHE_CHECK_SECONDS = env_int("PROMPT_CACHE_CHECK_SECONDS", 2)
+
+# --- Billing ------------------------------------------------------------------------------------------
+# A reservation not settled within this time (a crashed worker) is released by the sweep task.
+BUDGET_RESERVATION_TTL_SECONDS = env_int("BUDGET_RESERVATION_TTL_SECONDS", 900)
+BUDGET_WEBHOOK_TIMEOUT_SECONDS = env_int("BUDGET_WEBHOOK_TIMEOUT_SECONDS", 10)
+# Drafts for a month are finalized this many days after it ends (corrections can land meanwhile).
+INVOICE_FINALIZE_GRACE_DAYS = env_int("INVOICE_FINALIZE_GRACE_DAYS", 3)
 
 # --- LLM providers (used by the chat app) ----------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")

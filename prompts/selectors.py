@@ -1,25 +1,20 @@
 """Reads of prompts for a tenant, and the hot-path resolve + render with its per-process cache.
 
 Steady state costs no database query: each process keeps immutable snapshots of the templates it
-has resolved. A snapshot is re-validated against a per-name stamp in Redis at most every
-PROMPT_CACHE_CHECK_SECONDS, and every write changes that stamp, so a label move or an experiment
-change reaches every worker within that many seconds (at once in the process that made it).
+has resolved (tenants.caching.StampedLocalCache), re-validated against Redis at most every
+PROMPT_CACHE_CHECK_SECONDS; every write invalidates, so a label move or an experiment change
+reaches every worker within that many seconds (at once in the process that made it).
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import logging
 import secrets
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from prompts.models import (
@@ -32,10 +27,9 @@ from prompts.models import (
     PromptVersion,
 )
 from prompts.rendering import resolve_values, substitute
-from tenants.errors import CACHE_ERRORS, ForbiddenError, NotFoundError
+from tenants.caching import StampedLocalCache
+from tenants.errors import ForbiddenError, NotFoundError
 from tenants.models import Tenant
-
-logger = logging.getLogger(__name__)
 
 
 class PromptNotFound(NotFoundError):
@@ -163,58 +157,22 @@ def _snapshot(template: PromptTemplate) -> TemplateSnapshot:
     )
 
 
-@dataclass
-class _Entry:
-    snapshot: TemplateSnapshot
-    stamp: str | None
-    checked_at: float
-
-
-_templates: dict[tuple[int, str], _Entry] = {}
+# Per-process prompt snapshots, grouped by prompt name (a tenant's template can shadow a global one).
+prompt_snapshots: StampedLocalCache[TemplateSnapshot] = StampedLocalCache(
+    "prompts", lambda: settings.PROMPT_CACHE_CHECK_SECONDS
+)
 _versions: dict[tuple[int, int], VersionSnapshot] = {}  # versions are immutable: cached for good
 
 
-def _stamp_key(name: str) -> str:
-    return f"prompts:stamp:{name}"
-
-
-def _current_stamp(name: str) -> str | None:
-    try:
-        stamp: str | None = cache.get(_stamp_key(name))
-    except CACHE_ERRORS:
-        logger.warning("cache unavailable; prompt snapshots are re-read from the database")
-        return "unavailable:" + uuid.uuid4().hex
-    return stamp
-
-
 def prompt_cache_invalidate(*, name: str) -> None:
-    """Called by every prompt write: a new stamp for `name` now and after commit, local entries dropped."""
-
-    def bump() -> None:
-        for key in [key for key in _templates if key[1] == name]:
-            _templates.pop(key, None)
-        try:
-            cache.set(_stamp_key(name), uuid.uuid4().hex, timeout=None)
-        except CACHE_ERRORS:
-            logger.exception("could not publish the prompt change; workers re-check every few seconds")
-
-    bump()
-    transaction.on_commit(bump)
+    """Called by every prompt write."""
+    prompt_snapshots.invalidate(name)
 
 
 def template_snapshot(*, tenant: Tenant, name: str) -> TemplateSnapshot:
-    key = (tenant.pk, name)
-    now = time.monotonic()
-    entry = _templates.get(key)
-    if entry is not None and now - entry.checked_at < settings.PROMPT_CACHE_CHECK_SECONDS:
-        return entry.snapshot
-    stamp = _current_stamp(name)
-    if entry is not None and entry.stamp == stamp:
-        entry.checked_at = now
-        return entry.snapshot
-    snapshot = _snapshot(template_for_tenant(tenant=tenant, name=name))
-    _templates[key] = _Entry(snapshot, stamp, now)
-    return snapshot
+    return prompt_snapshots.get(
+        name, tenant.pk, lambda: _snapshot(template_for_tenant(tenant=tenant, name=name))
+    )
 
 
 def _explicit_version(template_id: int, name: str, number: int) -> VersionSnapshot:

@@ -9,7 +9,7 @@ from prompts.services import prompt_template_create
 @pytest.fixture(autouse=True)
 def _empty_prompt_caches() -> None:
     """Per-process snapshot caches start empty, as in a fresh worker."""
-    selectors._templates.clear()
+    selectors.prompt_snapshots.clear()
     selectors._versions.clear()
 
 
