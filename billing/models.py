@@ -80,7 +80,8 @@ class UsageEntry(TenantOwnedModel):
     """One charge. Unique per (tenant, request id, kind), so a retried request is charged once."""
 
     # Financial records outlive nothing silently: a tenant with ledger entries cannot be deleted.
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_entries")
+    # No index of its own: the (tenant, created_at) index below serves every tenant lookup.
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_entries", db_index=False)
     request_id = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=UsageKind.choices, default=UsageKind.COMPLETION)
     provider = models.CharField(max_length=32)

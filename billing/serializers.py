@@ -1,3 +1,32 @@
-"""serializers for the billing app (filled by its issue)."""
-
 from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import serializers
+
+MAX_USAGE_DAYS = 366
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    """?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|model (`from` is a Python keyword, hence get_fields)."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "from": serializers.DateField(
+                required=False, help_text="YYYY-MM-DD; default: first day of this month"
+            ),
+            "to": serializers.DateField(required=False, help_text="YYYY-MM-DD, inclusive; default: today"),
+            "group_by": serializers.ChoiceField(choices=["day", "model"], default="day"),
+        }
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        today = timezone.localdate()
+        start: date = attrs.get("from") or today.replace(day=1)
+        end: date = attrs.get("to") or today
+        if start > end:
+            raise serializers.ValidationError({"from": "from must not be after to."})
+        if end - start > timedelta(days=MAX_USAGE_DAYS):
+            raise serializers.ValidationError({"to": f"The range is at most {MAX_USAGE_DAYS} days."})
+        return {"start": start, "end": end, "group_by": attrs["group_by"]}

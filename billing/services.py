@@ -211,16 +211,21 @@ _period_ids: dict[tuple[int, date], int] = {}
 
 
 def current_period_id(*, tenant: Tenant, today: date) -> int:
-    """The balance row of this month, created on first use with the budget's limits (cached id)."""
+    """The balance row of this month, created on first use with the budget's limits.
+
+    Its id is cached for the process only once committed: a rolled-back creation must not leave
+    a dead id behind.
+    """
     month = _month_start(today)
     key = (tenant.pk, month)
-    if key not in _period_ids:
-        limits = _limits(budget_for(tenant=tenant))
-        period, _ = BudgetPeriod.objects.get_or_create(
-            tenant=tenant, month=month, defaults={"day": today, **limits}
-        )
-        _period_ids[key] = period.pk
-    return _period_ids[key]
+    if key in _period_ids:
+        return _period_ids[key]
+    limits = _limits(budget_for(tenant=tenant))
+    period, _ = BudgetPeriod.objects.get_or_create(
+        tenant=tenant, month=month, defaults={"day": today, **limits}
+    )
+    transaction.on_commit(partial(_period_ids.__setitem__, key, period.pk))
+    return period.pk
 
 
 # --- reserve, settle, release --------------------------------------------------------------------------

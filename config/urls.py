@@ -19,4 +19,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/v1/", include("tenants.urls")),
     path("api/v1/", include("prompts.urls")),
+    path("api/v1/", include("billing.urls")),
 ]

@@ -11,7 +11,10 @@ from typing import Any
 
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
+from billing.models import Invoice
+from billing.services import invoice_finalize, invoice_generate, usage_record
 from prompts.models import PromptTemplate
 from prompts.services import experiment_start, prompt_template_create, prompt_version_create
 from tenants.models import ApiKey, Scope, Tenant
@@ -60,6 +63,14 @@ def _prompt_experiment(tenant: Tenant) -> tuple[dict[str, str], State]:
     return {"name": template.name, "experiment_id": str(experiment.pk)}, _prompt_state(template)
 
 
+def _invoice(tenant: Tenant) -> tuple[dict[str, str], State]:
+    usage_record(tenant=tenant, request_id="secret", kind="completion", provider="local", model="local")
+    invoice = invoice_finalize(
+        invoice=invoice_generate(tenant=tenant, period=timezone.localdate(), actor="t"), actor="t"
+    )
+    return {"pk": str(invoice.pk)}, lambda: Invoice.objects.filter(pk=invoice.pk).values().get()
+
+
 # route name -> creates an object owned by the tenant; returns the URL kwargs and a snapshot of its state.
 OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = {
     "api-key-detail": _api_key,
@@ -71,6 +82,10 @@ OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = 
     "prompt-experiments": _prompt,
     "prompt-label": _prompt_label,
     "prompt-experiment-stop": _prompt_experiment,
+    "invoice-detail": _invoice,
+    "invoice-pdf": _invoice,
+    "invoice-csv": _invoice,
+    "invoice-html": _invoice,
 }
 
 

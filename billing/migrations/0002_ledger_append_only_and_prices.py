@@ -1,9 +1,6 @@
-import json
-from decimal import Decimal
-from pathlib import Path
-
 from django.db import migrations
-from django.utils.dateparse import parse_datetime
+
+from billing.pricing_data import seed_prices
 
 APPEND_ONLY_SQL = """
 CREATE FUNCTION billing_usage_is_append_only() RETURNS trigger AS $$
@@ -23,24 +20,9 @@ DROP TRIGGER IF EXISTS billing_usage_append_only ON billing_usageentry;
 DROP FUNCTION IF EXISTS billing_usage_is_append_only();
 """
 
-PRICES_FILE = Path(__file__).resolve().parent.parent / "data" / "model_prices.json"
-
 
 def load_prices(apps, schema_editor):
-    ModelPrice = apps.get_model("billing", "ModelPrice")
-    data = json.loads(PRICES_FILE.read_text())
-    effective_from = parse_datetime(data["effective_from"])
-    for row in data["prices"]:
-        ModelPrice.objects.get_or_create(
-            provider=row["provider"],
-            model=row["model"],
-            effective_from=effective_from,
-            defaults={
-                "input_per_mtok": Decimal(row["input"]),
-                "cached_input_per_mtok": Decimal(row["cached_input"]),
-                "output_per_mtok": Decimal(row["output"]),
-            },
-        )
+    seed_prices(apps.get_model("billing", "ModelPrice"))
 
 
 class Migration(migrations.Migration):

@@ -5,13 +5,17 @@ from decimal import Decimal
 import pytest
 
 from billing import services
+from billing.models import ModelPrice
+from billing.pricing_data import seed_prices
 from billing.services import budget_update
 
 
 @pytest.fixture(autouse=True)
-def _fresh_billing_caches() -> None:
+def _fresh_billing_state(db) -> None:
+    """Empty per-process caches; the seed prices back (transactional tests flush migration data)."""
     services.price_table.clear()
     services._period_ids.clear()
+    seed_prices(ModelPrice)
 
 
 @pytest.fixture

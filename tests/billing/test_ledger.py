@@ -28,8 +28,14 @@ from tenants.errors import ApiError
 
 
 def reserve(tenant, request_id=None, prompt_tokens=1000, max_tokens=1000, model="gpt-4o-mini"):
-    return budget_reserve(tenant=tenant, request_id=request_id or uuid.uuid4().hex, provider="openai", model=model,
-                          prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    return budget_reserve(
+        tenant=tenant,
+        request_id=request_id or uuid.uuid4().hex,
+        provider="openai",
+        model=model,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+    )
 
 
 def period(tenant) -> BudgetPeriod:
@@ -57,11 +63,24 @@ def test_unpriced_model_is_refused_before_any_reservation(tenant):
 
 def test_new_price_applies_from_its_effective_date_only(tenant):
     old = price_for(provider="openai", model="gpt-4o-mini")
-    charged = usage_record(tenant=tenant, request_id="before", kind="completion", provider="openai",
-                           model="gpt-4o-mini", input_tokens=1_000_000)
+    charged = usage_record(
+        tenant=tenant,
+        request_id="before",
+        kind="completion",
+        provider="openai",
+        model="gpt-4o-mini",
+        input_tokens=1_000_000,
+    )
     future = timezone.now() + timedelta(days=1)
-    model_price_add(provider="openai", model="gpt-4o-mini", input_per_mtok=Decimal("1"), actor="test",
-                    cached_input_per_mtok=Decimal("0.5"), output_per_mtok=Decimal("2"), effective_from=future)
+    model_price_add(
+        provider="openai",
+        model="gpt-4o-mini",
+        input_per_mtok=Decimal("1"),
+        actor="test",
+        cached_input_per_mtok=Decimal("0.5"),
+        output_per_mtok=Decimal("2"),
+        effective_from=future,
+    )
     assert price_for(provider="openai", model="gpt-4o-mini") == old
     assert price_for(provider="openai", model="gpt-4o-mini", at=future).input_per_mtok == 1
     assert charged.cost_nanos == 150_000_000
@@ -76,7 +95,11 @@ def test_reserve_then_settle_charges_real_usage_and_releases_the_rest(budget_ten
     assert charge.cost_nanos == 195_000
     balance = period(budget_tenant)
     assert (balance.spent_nanos, balance.reserved_nanos, balance.tokens_used, balance.tokens_reserved) == (
-        195_000, 0, 1000, 0)
+        195_000,
+        0,
+        1000,
+        0,
+    )
     assert not Reservation.objects.exists()
 
 
@@ -109,8 +132,8 @@ def test_release_on_failure_charges_nothing(budget_tenant):
 
 
 def test_over_budget_is_refused_with_402(budget_tenant):
+    reserve(budget_tenant, prompt_tokens=1_000_000, max_tokens=1_000_000)  # $0.75 fits
     with pytest.raises(BudgetExceeded) as refused:
-        reserve(budget_tenant, prompt_tokens=1_000_000, max_tokens=1_000_000)  # $0.75 ... fits
         reserve(budget_tenant, prompt_tokens=1_000_000, max_tokens=1_000_000)  # another $0.75 does not
     assert refused.value.status_code == 402
     assert "monthly budget of $1.00" in refused.value.message
@@ -118,7 +141,9 @@ def test_over_budget_is_refused_with_402(budget_tenant):
 
 
 def test_daily_budget_is_enforced_too(tenant):
-    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("10"), daily_budget_usd=Decimal("0.01"))
+    budget_update(
+        tenant=tenant, actor="t", monthly_budget_usd=Decimal("10"), daily_budget_usd=Decimal("0.01")
+    )
     reserve(tenant, prompt_tokens=10_000, max_tokens=10_000)  # $0.0075
     with pytest.raises(BudgetExceeded, match="daily budget"):
         reserve(tenant, prompt_tokens=10_000, max_tokens=10_000)
@@ -149,8 +174,15 @@ def test_budget_edit_applies_to_the_current_month_at_once(budget_tenant):
 
 
 def test_cache_hits_are_free_and_record_what_they_saved(tenant):
-    charge = usage_record(tenant=tenant, request_id="hit", kind="cache_hit", provider="openai", model="gpt-4o",
-                          input_tokens=1000, output_tokens=1000)
+    charge = usage_record(
+        tenant=tenant,
+        request_id="hit",
+        kind="cache_hit",
+        provider="openai",
+        model="gpt-4o",
+        input_tokens=1000,
+        output_tokens=1000,
+    )
     entry = UsageEntry.objects.get(request_id="hit")
     assert (charge.cost_nanos, entry.cost_nanos, entry.saved_nanos) == (0, 0, 12_500_000)
 
@@ -166,7 +198,11 @@ def test_ledger_refuses_update_and_delete(tenant):
         UsageEntry.objects.update(cost_nanos=0)
     with pytest.raises(AppendOnlyError):
         UsageEntry.objects.all().delete()
-    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+    with (
+        pytest.raises(IntegrityError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute("UPDATE billing_usageentry SET cost_nanos = 0")
 
 

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from billing.models import BudgetAlert, Invoice, TenantBudget
+from billing.services import budget_reserve, budget_update, invoice_finalize, invoice_generate, usage_record
+from tenants.models import Scope, Tenant
+from tests.conftest import client_with_key
+
+
+@pytest.fixture
+def billing_client(tenant, make_key):
+    return client_with_key(make_key(tenant, scopes=[Scope.BILLING_READ])[1])
+
+
+def charge(tenant, request_id, model="gpt-4o-mini", input_tokens=1000, output_tokens=1000):
+    return usage_record(
+        tenant=tenant,
+        request_id=request_id,
+        kind="completion",
+        provider="openai",
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
+
+
+def finalized_invoice(tenant) -> Invoice:
+    charge(tenant, "r1")
+    return invoice_finalize(
+        invoice=invoice_generate(tenant=tenant, period=timezone.localdate(), actor="t"), actor="t"
+    )
+
+
+def test_budget_shows_budget_spent_reserved_remaining_and_alerts(tenant, billing_client):
+    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("1.00"))
+    charge(tenant, "r1", input_tokens=1_000_000, output_tokens=1_000_000)  # $0.75 = 75 %
+    budget_reserve(
+        tenant=tenant,
+        request_id="r2",
+        provider="openai",
+        model="gpt-4o-mini",
+        prompt_tokens=100_000,
+        max_tokens=100_000,
+    )  # $0.075
+    body = billing_client.get("/api/v1/budget").json()
+    assert body["monthly_budget_usd"] == "1.00"
+    assert body["spent_usd"] == "0.75"
+    assert body["reserved_usd"] == "0.075"
+    assert body["remaining_usd"] == "0.175"
+    assert body["alert_thresholds"] == [50, 80, 100]
+    assert [alert["threshold_percent"] for alert in body["alerts"]] == [50]
+    assert BudgetAlert.objects.count() == 1
+
+
+def test_usage_by_model_and_by_day(tenant, billing_client):
+    charge(tenant, "a")
+    charge(tenant, "b", model="gpt-4o")
+    by_model = billing_client.get("/api/v1/usage?group_by=model").json()
+    assert [(row["model"], row["requests"]) for row in by_model["results"]] == [
+        ("gpt-4o", 1),
+        ("gpt-4o-mini", 1),
+    ]
+    today = timezone.localdate().isoformat()
+    by_day = billing_client.get(f"/api/v1/usage?from={today}&to={today}&group_by=day").json()
+    assert by_day["results"][0]["day"] == today
+    assert by_day["results"][0]["requests"] == 2
+    assert by_day["results"][0]["cost_usd"] == "0.01325"
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("from=yesterday", "from"),
+        ("group_by=week", "group_by"),
+        ("from=2026-02-01&to=2026-01-01", "from"),
+        ("from=2020-01-01&to=2026-01-01", "to"),
+    ],
+)
+def test_bad_usage_queries_are_400(billing_client, query, param):
+    response = billing_client.get(f"/api/v1/usage?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_invoices_json_html_pdf_csv(tenant, billing_client):
+    invoice = finalized_invoice(tenant)
+    invoice_generate(tenant=tenant, period=timezone.localdate() - timedelta(days=40), actor="t")  # a draft
+    listed = billing_client.get("/api/v1/invoices").json()["results"]
+    assert [item["number"] for item in listed] == [invoice.number]  # drafts are not shown to tenants
+    detail = billing_client.get(f"/api/v1/invoices/{invoice.pk}").json()
+    assert detail["total_usd"] == "0.00075"
+    assert detail["lines"][0]["model"] == "gpt-4o-mini"
+    pdf = billing_client.get(f"/api/v1/invoices/{invoice.pk}/pdf")
+    assert pdf["Content-Type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")
+    assert invoice.number in pdf["Content-Disposition"]
+    rows = list(
+        csv.DictReader(io.StringIO(billing_client.get(f"/api/v1/invoices/{invoice.pk}/csv").content.decode()))
+    )
+    assert sum(Decimal(row["amount_usd"]) for row in rows) == Decimal(detail["total_usd"])
+    html = billing_client.get(f"/api/v1/invoices/{invoice.pk}/html").content.decode()
+    assert invoice.number in html
+
+
+def test_billing_needs_the_billing_read_scope(tenant, make_key):
+    chat_only = client_with_key(make_key(tenant, scopes=[Scope.CHAT])[1])
+    for url in ("/api/v1/budget", "/api/v1/usage", "/api/v1/invoices"):
+        assert chat_only.get(url).status_code == 403
+
+
+def test_another_tenants_invoice_is_404(tenant, other_tenant, billing_client):
+    theirs = finalized_invoice(other_tenant)
+    for suffix in ("", "/pdf", "/csv", "/html"):
+        assert billing_client.get(f"/api/v1/invoices/{theirs.pk}{suffix}").status_code == 404
+
+
+def test_create_tenant_with_budgets(db):
+    out = io.StringIO()
+    call_command("create_tenant", "Budgeted", "--budget-usd", "25", "--daily-budget-usd", "2.50", stdout=out)
+    budget = TenantBudget.objects.get(tenant__slug="budgeted")
+    assert (budget.monthly_budget_usd, budget.daily_budget_usd) == (Decimal("25"), Decimal("2.50"))
+
+
+def test_create_tenant_with_a_bad_budget_creates_nothing(db):
+    with pytest.raises(CommandError):
+        call_command("create_tenant", "Broke", "--budget-usd", "-5", stdout=io.StringIO())
+    assert not Tenant.objects.filter(slug="broke").exists()
+
+
+def test_generate_invoices_command(tenant):
+    charge(tenant, "r1")
+    out = io.StringIO()
+    call_command("generate_invoices", "--period", f"{timezone.localdate():%Y-%m}", "--finalize", stdout=out)
+    invoice = Invoice.objects.get(tenant=tenant)
+    assert invoice.number in out.getvalue()
+    with pytest.raises(CommandError, match="2026-10"):
+        call_command("generate_invoices", "--period", "October", stdout=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/billing/invoice/",
+        "/admin/billing/invoice/generate/",
+        "/admin/billing/invoice/usage/",
+        "/admin/billing/modelprice/",
+        "/admin/billing/modelprice/add/",
+        "/admin/billing/tenantbudget/",
+        "/admin/billing/usageentry/",
+        "/admin/billing/budgetalert/",
+        "/admin/billing/budgetperiod/",
+    ],
+)
+def test_billing_admin_pages(admin_client, client, tenant, url):
+    charge(tenant, "r1")
+    assert admin_client.get(url + (f"?tenant={tenant.pk}" if "usage/" in url else "")).status_code == 200
+    assert client.get(url).status_code == 302
+
+
+def test_admin_generates_finalizes_downloads_and_voids(admin_client, tenant):
+    charge(tenant, "r1")
+    period = f"{timezone.localdate():%Y-%m}"
+    assert admin_client.post("/admin/billing/invoice/generate/", {"period": period}).status_code == 302
+    invoice = Invoice.objects.get(tenant=tenant)
+    admin_client.post(
+        "/admin/billing/invoice/", {"action": "finalize_drafts", "_selected_action": [invoice.pk]}
+    )
+    invoice.refresh_from_db()
+    assert invoice.number
+    assert admin_client.get(f"/admin/billing/invoice/{invoice.pk}/pdf/").content.startswith(b"%PDF")
+    assert admin_client.get(f"/admin/billing/invoice/{invoice.pk}/change/").status_code == 200
+    response = admin_client.post(
+        f"/admin/billing/invoice/{invoice.pk}/void/", {"reason": "wrong tenant name"}
+    )
+    assert response.status_code == 302
+    assert Invoice.objects.get(pk=invoice.pk).status == "void"
+    assert Invoice.objects.get(replaces=invoice).status == "draft"
+
+
+def test_admin_budget_edit_goes_through_the_service(admin_client, tenant):
+    budget = TenantBudget.objects.create(tenant=tenant)
+    response = admin_client.post(
+        f"/admin/billing/tenantbudget/{budget.pk}/change/",
+        {
+            "tenant": tenant.pk,
+            "monthly_budget_usd": "12.00",
+            "daily_budget_usd": "",
+            "hard_limit": "on",
+            "alert_thresholds": "50,90",
+            "alert_emails": "",
+            "webhook_url": "",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    budget.refresh_from_db()
+    assert budget.monthly_budget_usd == Decimal("12.00")
+    assert budget.alert_thresholds == [50, 90]
