@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".data"
 DATABASE_NAME = "llm_backend"
+# Benchmarks write millions of (append-only) ledger rows: they get a database of their own.
+BENCH_DATABASE_NAME = "llm_backend_bench"
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
 # Tests get their own Redis database so they never flush a running dev server's cache and queues.
 TEST_REDIS_DB = os.environ.get("TEST_REDIS_DB", "15")
@@ -37,7 +39,7 @@ def log(message: str) -> None:
     print(f"[devserver] {message}", flush=True)
 
 
-def start_embedded_postgres() -> str:
+def start_embedded_postgres(database: str) -> str:
     """Start (or reuse) PostgreSQL 16 + pgvector under .data/pg and return a DATABASE_URL for it."""
     # pgserver keeps its lock file in the user runtime dir; this is platformdirs' own fallback, made explicit.
     runtime_dir = Path(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"))  # noqa: S108
@@ -59,9 +61,9 @@ def start_embedded_postgres() -> str:
             restart_needed = True
         else:
             restart_needed = False
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+            conn.execute(f'CREATE DATABASE "{database}"')
     if restart_needed:
         from pgserver import _commands
 
@@ -69,7 +71,7 @@ def start_embedded_postgres() -> str:
         _commands.pg_ctl(  # type: ignore[attr-defined]  # generated per binary at import
             ["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user, timeout=60
         )
-    return f"postgres://postgres@{quote(socket_dir, safe='')}/{DATABASE_NAME}"
+    return f"postgres://postgres@{quote(socket_dir, safe='')}/{database}"
 
 
 def redis_answers(host: str, port: int) -> bool:
@@ -136,7 +138,9 @@ def prepare_environment(mode: str) -> dict[str, str]:
     env.setdefault("DEBUG", "1")
     if not env.get("DATABASE_URL"):
         log("DATABASE_URL unset: using embedded PostgreSQL 16 + pgvector under .data/pg")
-        env["DATABASE_URL"] = start_embedded_postgres()
+        env["DATABASE_URL"] = start_embedded_postgres(
+            BENCH_DATABASE_NAME if mode == "bench" else DATABASE_NAME
+        )
     redis_url = resolve_redis_url()
     env["REDIS_URL"] = with_redis_db(redis_url, TEST_REDIS_DB) if mode == "test" else redis_url
     if mode == "run":
