@@ -1,3 +1,355 @@
-"""api for the chat app (filled by its issue)."""
+"""Chat endpoints: POST /api/v1/chat (JSON or SSE), conversations, and the OpenAI-compatible
+POST /v1/chat/completions and GET /v1/models. All run the same pipeline (chat/services.py)."""
 
 from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.db.models import Count, QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from billing.documents import format_usd
+from billing.services import _load_prices, price_table
+from chat.idempotency import (
+    body_fingerprint,
+    idempotency_abandon,
+    idempotency_begin,
+    idempotency_complete,
+    request_id_for,
+)
+from chat.models import Conversation
+from chat.serializers import ChatCompletionRequestSerializer, ChatRequestSerializer
+from chat.services import ChatParams, ChatResult, StreamError, chat_complete, chat_stream, conversation_delete
+from tenants.api import TenantAPIView, TenantScopedViewSet
+from tenants.errors import ApiError, error_body
+from tenants.models import Scope, Tenant
+
+
+def sse(event: str | None, data: Any) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
+
+
+def event_stream(events: Iterator[str], on_close: Callable[[], None] | None = None) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event through as it comes
+    return response
+
+
+def result_data(result: ChatResult) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "conversation_id": result.conversation_id,
+        "answer": result.answer,
+        "citations": result.citations,
+        "model": result.model,
+        "provider": result.provider,
+        "usage": {
+            "input_tokens": result.usage.input_tokens,
+            "cached_input_tokens": result.usage.cached_input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "cost_usd": format_usd(result.cost_nanos),
+        },
+        "prompt": result.prompt,
+        "trace_id": result.trace_id,
+        "cached": result.cached,
+        "finish_reason": result.finish_reason,
+    }
+
+
+class IdempotentChatMixin:
+    """Idempotency-Key (header or field) around a chat call that produces a JSON-able body."""
+
+    def idempotency(self, request: Request, tenant: Tenant, body: dict[str, Any]) -> tuple[str | None, str]:
+        key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
+        if key is not None and not (0 < len(key) <= 200):
+            raise ApiError(
+                "Idempotency-Key must be 1 to 200 characters.",
+                status_code=400,
+                code="invalid_idempotency_key",
+                param="idempotency_key",
+            )
+        return key, body_fingerprint({k: v for k, v in body.items() if k != "idempotency_key"})
+
+
+class ChatView(IdempotentChatMixin, TenantAPIView):
+    required_scope = Scope.CHAT
+
+    @extend_schema(
+        request=ChatRequestSerializer,
+        responses=OpenApiTypes.OBJECT,
+        summary="Chat: JSON, or Server-Sent Events (delta events, then done or error) with stream",
+    )
+    def post(self, request: Request) -> Any:
+        serializer = ChatRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        key, fingerprint = self.idempotency(request, self.tenant, dict(request.data))
+        if key is not None:
+            stored = idempotency_begin(tenant=self.tenant, key=key, fingerprint=fingerprint)
+            if stored is not None:
+                return self._replay(stored, stream=data["stream"])
+        params = ChatParams(
+            endpoint="chat",
+            message=data["message"],
+            conversation_id=data.get("conversation_id"),
+            prompt=data.get("prompt"),
+            label=data.get("label"),
+            version=data.get("version"),
+            variables=data["variables"],
+            user=data["user"],
+            model=data.get("model"),
+            max_tokens=data.get("max_tokens"),
+            temperature=data.get("temperature"),
+            top_p=data.get("top_p"),
+            request_id=request_id_for(self.tenant, key) if key else uuid.uuid4().hex,
+        )
+        try:
+            if data["stream"]:
+                return event_stream(self._sse(params, key, fingerprint))
+            body = result_data(chat_complete(tenant=self.tenant, params=params))
+        except Exception:
+            if key is not None:
+                idempotency_abandon(tenant=self.tenant, key=key)
+            raise
+        if key is not None:
+            idempotency_complete(tenant=self.tenant, key=key, fingerprint=fingerprint, response=body)
+        return Response(body)
+
+    def _sse(self, params: ChatParams, key: str | None, fingerprint: str) -> Iterator[str]:
+        events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
+        return self._relay(events, key, fingerprint)
+
+    def _relay(
+        self, events: Iterator[str | ChatResult | StreamError], key: str | None, fingerprint: str
+    ) -> Iterator[str]:
+        for event in events:
+            if isinstance(event, str):
+                yield sse("delta", {"text": event})
+            elif isinstance(event, StreamError):
+                if key is not None:
+                    idempotency_abandon(tenant=self.tenant, key=key)
+                yield sse(
+                    "error",
+                    error_body(
+                        event.error.status_code, str(event.error.detail), code=str(event.error.get_codes())
+                    ),
+                )
+            else:
+                body = result_data(event)
+                if key is not None:
+                    idempotency_complete(
+                        tenant=self.tenant,
+                        key=key,
+                        fingerprint=fingerprint,
+                        response=json.loads(json.dumps(body, default=str)),
+                    )
+                yield sse("done", body)
+
+    @staticmethod
+    def _replay(stored: dict[str, Any], *, stream: bool) -> Any:
+        if not stream:
+            return Response(stored, headers={"Idempotent-Replayed": "true"})
+        response = event_stream(iter([sse("delta", {"text": stored["answer"]}), sse("done", stored)]))
+        response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
+    model = Conversation
+    required_scope = Scope.CHAT
+    lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
+
+    def scoped_queryset(self) -> QuerySet[Conversation]:
+        return Conversation.objects.annotate(message_count=Count("messages")).order_by("-updated_at")
+
+    @staticmethod
+    def _summary(conversation: Conversation) -> dict[str, Any]:
+        return {
+            "id": conversation.id,
+            "title": conversation.title,
+            "user": conversation.end_user,
+            "created_at": conversation.created_at,
+            "updated_at": conversation.updated_at,
+            "message_count": getattr(conversation, "message_count", None),
+        }
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Conversations, most recent first",
+                   operation_id="conversations_list")
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response([self._summary(conversation) for conversation in page or []])
+
+    @extend_schema(
+        parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses=OpenApiTypes.OBJECT,
+        summary="A conversation with its messages",
+    )
+    def retrieve(self, request: Request, pk: str) -> Response:
+        conversation = self.get_object()
+        messages = [
+            {"role": m.role, "content": m.content, "created_at": m.created_at}
+            for m in conversation.messages.all()
+        ]
+        return Response({**self._summary(conversation), "messages": messages})
+
+    @extend_schema(
+        parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)], responses={204: None}
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        conversation_delete(tenant=self.tenant, conversation_id=self.get_object().id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- OpenAI-compatible ------------------------------------------------------------------------------
+
+
+def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
+    usage = result.usage
+    return {
+        "id": f"chatcmpl-{result.id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": result.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.answer},
+                "finish_reason": "stop"
+                if result.finish_reason in ("stop", "end_turn")
+                else result.finish_reason,
+            }
+        ],
+        "usage": _openai_usage(result),
+        "system_fingerprint": None,
+    } | ({"x_trace_id": str(result.trace_id)} if usage else {})
+
+
+def _openai_usage(result: ChatResult) -> dict[str, Any]:
+    usage = result.usage
+    prompt_tokens = usage.input_tokens + usage.cached_input_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": prompt_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+    }
+
+
+class ChatCompletionsView(IdempotentChatMixin, TenantAPIView):
+    """POST /v1/chat/completions, for the official `openai` SDK with base_url=<server>/v1."""
+
+    required_scope = Scope.CHAT
+
+    @extend_schema(
+        request=ChatCompletionRequestSerializer,
+        responses=OpenApiTypes.OBJECT,
+        summary="OpenAI-compatible chat completions (JSON or SSE chunks)",
+    )
+    def post(self, request: Request) -> Any:
+        serializer = ChatCompletionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        messages = [
+            {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+            for m in data["messages"]
+        ]
+        key, fingerprint = self.idempotency(request, self.tenant, dict(request.data))
+        if key is not None and not data["stream"]:
+            stored = idempotency_begin(tenant=self.tenant, key=key, fingerprint=fingerprint)
+            if stored is not None:
+                return Response(stored, headers={"Idempotent-Replayed": "true"})
+        params = ChatParams(
+            endpoint="openai",
+            messages=messages,
+            message=next((m["content"] for m in reversed(messages) if m["role"] == "user"), ""),
+            user=data["user"],
+            model=data["model"],
+            max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
+            temperature=data.get("temperature"),
+            top_p=data.get("top_p"),
+            request_id=request_id_for(self.tenant, key) if key else uuid.uuid4().hex,
+        )
+        created = int(time.time())
+        if data["stream"]:
+            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+            events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
+            return event_stream(self._chunks(events, params, created, data["model"], include_usage))
+        try:
+            body = completion_body(chat_complete(tenant=self.tenant, params=params), created)
+        except Exception:
+            if key is not None:
+                idempotency_abandon(tenant=self.tenant, key=key)
+            raise
+        if key is not None:
+            idempotency_complete(tenant=self.tenant, key=key, fingerprint=fingerprint, response=body)
+        return Response(body)
+
+    @staticmethod
+    def _chunks(
+        events: Iterator[str | ChatResult | StreamError],
+        params: ChatParams,
+        created: int,
+        model: str,
+        include_usage: bool,
+    ) -> Iterator[str]:
+        base = {
+            "id": f"chatcmpl-{params.request_id}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+        }
+        yield sse(
+            None,
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                ],
+            },
+        )
+        for event in events:
+            if isinstance(event, str):
+                yield sse(
+                    None,
+                    {**base, "choices": [{"index": 0, "delta": {"content": event}, "finish_reason": None}]},
+                )
+            elif isinstance(event, StreamError):
+                yield sse(
+                    None,
+                    error_body(
+                        event.error.status_code, str(event.error.detail), code=str(event.error.get_codes())
+                    ),
+                )
+            else:
+                served = {**base, "model": event.model}
+                yield sse(None, {**served, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if include_usage:
+                    yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
+        yield "data: [DONE]\n\n"
+
+
+class ModelsView(TenantAPIView):
+    required_scope = Scope.CHAT
+
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT, summary="OpenAI-compatible list of the models this tenant may use"
+    )
+    def get(self, request: Request) -> Response:
+        models = sorted(price_table.get("all", "all", _load_prices))
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": provider}
+            for provider, model in models
+            if self.tenant.allows_model(model)
+        ]
+        return Response({"object": "list", "data": data})

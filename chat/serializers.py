@@ -1,3 +1,76 @@
-"""serializers for the chat app (filled by its issue)."""
-
 from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+
+class ChatRequestSerializer(serializers.Serializer):
+    message = serializers.CharField(trim_whitespace=False)
+    conversation_id = serializers.UUIDField(required=False)
+    prompt = serializers.SlugField(required=False, max_length=100)
+    label = serializers.SlugField(required=False, max_length=50)  # type: ignore[assignment]  # shadows Field.label
+    version = serializers.IntegerField(required=False, min_value=1)
+    variables = serializers.DictField(required=False, default=dict)
+    user = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+    model = serializers.CharField(required=False, max_length=120)
+    max_tokens = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.CHAT_MAX_TOKENS_LIMIT
+    )
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    stream = serializers.BooleanField(required=False, default=False)
+    rag = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Retrieval over the tenant's documents (with the RAG issue).",
+    )
+    idempotency_key = serializers.CharField(required=False, max_length=200)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "label" in attrs and "version" in attrs:
+            raise serializers.ValidationError({"version": "Give either label or version, not both."})
+        if ("label" in attrs or "version" in attrs or attrs.get("variables")) and "prompt" not in attrs:
+            raise serializers.ValidationError({"prompt": "label, version and variables need a prompt name."})
+        return attrs
+
+
+class OpenAIMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
+    content = serializers.JSONField()
+
+    def validate_content(self, value: Any) -> str:
+        """A string, or a list of text parts ([{"type": "text", "text": ...}]); other parts are refused."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(
+            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in value
+        ):
+            return "".join(part["text"] for part in value)
+        raise serializers.ValidationError("content must be a string or a list of text parts.")
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    """The subset of OpenAI's chat completions request this gateway serves."""
+
+    model = serializers.CharField(max_length=120)
+    messages = OpenAIMessageSerializer(many=True, allow_empty=False)
+    stream = serializers.BooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    max_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=settings.CHAT_MAX_TOKENS_LIMIT
+    )
+    max_completion_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=settings.CHAT_MAX_TOKENS_LIMIT
+    )
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    user = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    n = serializers.IntegerField(required=False, min_value=1, max_value=1, help_text="Only 1 is supported.")

@@ -1,3 +1,722 @@
-"""services for the chat app (filled by its issue)."""
+"""The chat pipeline (../shared/ARCHITECTURE.md): guard input -> prompt -> conversation history ->
+exact cache -> reserve -> fallback chain -> settle -> guard output -> store -> trace.
+
+`chat_complete` returns a ChatResult; `chat_stream` yields text deltas and ends with the same
+ChatResult (or an error after the first token). Both charge exactly once per request id.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+
+from billing.services import ReservationHandle, budget_release, budget_reserve, budget_settle, usage_record
+from chat.fallback import (
+    OpenStream,
+    Served,
+    Target,
+    UpstreamUnavailable,
+    complete_call,
+    run_chain,
+    stream_call_factory,
+)
+from chat.guards import StreamRedactor, injection_findings, redact
+from chat.models import ChatSettings, Conversation, GuardPolicy, Message
+from chat.providers import Completion, ProviderRequest, Usage
+from chat.tokens import estimate_message_tokens, estimate_tokens
+from monitoring.models import TraceStatus
+from monitoring.services import TraceRecorder
+from prompts.selectors import prompt_render, prompt_resolve
+from tenants.caching import StampedLocalCache
+from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
+from tenants.models import Tenant
+from tenants.ratelimits import token_rate_adjust, token_rate_reserve
+
+
+@dataclass(frozen=True)
+class ChatParams:
+    endpoint: str
+    message: str = ""
+    messages: list[dict[str, str]] | None = None  # OpenAI-compatible: the whole conversation
+    conversation_id: uuid.UUID | None = None
+    prompt: str | None = None
+    label: str | None = None
+    version: int | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    user: str = ""
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class ChatResult:
+    id: str
+    conversation_id: uuid.UUID | None
+    answer: str
+    model: str
+    provider: str
+    usage: Usage
+    cost_nanos: int
+    prompt: dict[str, Any] | None
+    trace_id: uuid.UUID
+    cached: bool
+    finish_reason: str = "stop"
+    citations: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- per-tenant settings --------------------------------------------------------------------------
+
+
+chat_settings_cache: StampedLocalCache[ChatSettings] = StampedLocalCache(
+    "chat_settings", lambda: settings.PROMPT_CACHE_CHECK_SECONDS
+)
+
+
+def chat_settings_for(*, tenant: Tenant) -> ChatSettings:
+    def load() -> ChatSettings:
+        chat_settings, _ = ChatSettings.objects.get_or_create(tenant=tenant)
+        return chat_settings
+
+    return chat_settings_cache.get(str(tenant.pk), "settings", load)
+
+
+@transaction.atomic
+def chat_settings_update(*, tenant: Tenant, actor: str, **changes: Any) -> ChatSettings:
+    from tenants.services import audit_event_record
+
+    chat_settings = ChatSettings.objects.select_for_update().get(pk=chat_settings_for(tenant=tenant).pk)
+    before = {name: getattr(chat_settings, name) for name in changes}
+    for name, value in changes.items():
+        setattr(chat_settings, name, value)
+    for entry in chat_settings.fallback_chain + (
+        [chat_settings.routing_cheap_model] if chat_settings.routing_cheap_model else []
+    ):
+        validate_target(entry)
+    chat_settings.full_clean()
+    chat_settings.save()
+    audit_event_record(
+        tenant=tenant,
+        actor=actor,
+        action="chat_settings.update",
+        target=chat_settings,
+        changes={name: [str(before[name]), str(changes[name])] for name in changes},
+    )
+    chat_settings_cache.invalidate(str(tenant.pk))
+    return chat_settings
+
+
+# --- targets and routing --------------------------------------------------------------------------
+
+
+def validate_target(entry: str) -> Target:
+    target = Target.parse(entry)
+    if target.provider not in ("openai", "anthropic", "local") or not target.model:
+        raise DomainError(
+            f"'{entry}' is not provider:model with provider openai, anthropic or local.",
+            param="fallback_chain",
+        )
+    return target
+
+
+def default_chain() -> list[str]:
+    if settings.CHAT_DEFAULT_FALLBACK_CHAIN:
+        return list(settings.CHAT_DEFAULT_FALLBACK_CHAIN)
+    chain = []
+    if settings.OPENAI_API_KEY:
+        chain.append("openai:gpt-4o-mini")
+    if settings.ANTHROPIC_API_KEY:
+        chain.append("anthropic:claude-haiku-4-5")
+    return [*chain, "local:local"]
+
+
+def _target_for_model(model: str) -> Target:
+    from billing.services import _load_prices, price_table
+
+    if ":" in model:
+        return validate_target(model)
+    providers = sorted(
+        {provider for provider, name in price_table.get("all", "all", _load_prices) if name == model}
+    )
+    if not providers:
+        raise DomainError(
+            f"Unknown model '{model}'. GET /v1/models lists the models you can use.",
+            param="model",
+            code="model_not_found",
+        )
+    return Target(providers[0], model)
+
+
+def is_simple(text: str, chat_settings: ChatSettings) -> bool:
+    lowered = text.lower()
+    return len(text) <= chat_settings.routing_max_chars and not any(
+        keyword.lower() in lowered for keyword in chat_settings.routing_complex_keywords
+    )
+
+
+def resolve_targets(
+    *, tenant: Tenant, chat_settings: ChatSettings, model: str | None, text: str
+) -> tuple[list[Target], str]:
+    """The ordered chain for this request, and how the first model was chosen (for the trace)."""
+    chain = [validate_target(entry) for entry in (chat_settings.fallback_chain or default_chain())]
+    reason = "fallback chain"
+    if model:
+        first = _target_for_model(model)
+        if not tenant.allows_model(first.model):
+            raise ApiError(
+                f"Model '{first.model}' is not allowed for this tenant.",
+                status_code=403,
+                code="model_not_allowed",
+                param="model",
+            )
+        chain = [first, *chain]
+        reason = "requested"
+    elif (
+        chat_settings.routing_enabled and chat_settings.routing_cheap_model and is_simple(text, chat_settings)
+    ):
+        chain = [validate_target(chat_settings.routing_cheap_model), *chain]
+        reason = "routed to the cheap model (simple request)"
+    unique: list[Target] = []
+    for target in chain:
+        if target not in unique and tenant.allows_model(target.model):
+            unique.append(target)
+    if not unique:
+        raise ApiError(
+            "None of the configured models is allowed for this tenant.",
+            status_code=403,
+            code="model_not_allowed",
+        )
+    return unique, reason
+
+
+# --- conversations ----------------------------------------------------------------------------------
+
+
+def conversation_history(*, tenant: Tenant, conversation_id: uuid.UUID) -> list[Message]:
+    """The conversation's messages in one query; 404 when it is not this tenant's (or does not exist)."""
+    messages = list(
+        Message.objects.filter(conversation_id=conversation_id, conversation__tenant=tenant).order_by(
+            "created_at", "id"
+        )
+    )
+    if not messages:
+        raise NotFoundError("No such conversation.", param="conversation_id")
+    return messages
+
+
+def trim_history(messages: list[Message], budget_tokens: int) -> list[dict[str, str]]:
+    """The most recent turns that fit the token budget, oldest first."""
+    kept: list[dict[str, str]] = []
+    used = 0
+    for message in reversed(messages):
+        cost = message.tokens or estimate_tokens(message.content)
+        if used + cost > budget_tokens:
+            break
+        kept.append({"role": message.role, "content": message.content})
+        used += cost
+    return list(reversed(kept))
+
+
+def conversation_record(
+    *,
+    tenant: Tenant,
+    conversation_id: uuid.UUID | None,
+    user: str,
+    question: str,
+    answer: str,
+    usage: Usage,
+    request_id: str,
+) -> uuid.UUID:
+    conversation_id = conversation_id or uuid.uuid4()
+    with transaction.atomic():
+        conversation, _ = Conversation.objects.update_or_create(
+            id=conversation_id,
+            tenant=tenant,
+            defaults={"end_user": user},
+            create_defaults={"end_user": user, "title": " ".join(question.split())[:120]},
+        )
+        Message.objects.bulk_create(
+            [
+                Message(
+                    conversation=conversation,
+                    role="user",
+                    content=question,
+                    tokens=estimate_tokens(question),
+                    request_id=request_id,
+                ),
+                Message(
+                    conversation=conversation,
+                    role="assistant",
+                    content=answer,
+                    tokens=usage.output_tokens,
+                    request_id=request_id,
+                ),
+            ]
+        )
+    return conversation_id
+
+
+def conversation_delete(*, tenant: Tenant, conversation_id: uuid.UUID) -> None:
+    deleted, _ = Conversation.objects.filter(tenant=tenant, id=conversation_id).delete()
+    if not deleted:
+        raise NotFoundError("No such conversation.", param="conversation_id")
+
+
+# --- the pipeline -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    params: ChatParams
+    chat_settings: ChatSettings
+    messages: list[dict[str, str]]
+    targets: list[Target]
+    max_tokens: int
+    temperature: float | None
+    top_p: float | None
+    prompt: dict[str, Any] | None
+    cache_key: str | None
+    estimated_tokens: int
+
+
+def _guard_input(
+    tenant: Tenant, params: ChatParams, chat_settings: ChatSettings, recorder: TraceRecorder
+) -> None:
+    text = params.message if params.messages is None else "\n".join(m["content"] for m in params.messages)
+    with recorder.span("guard_input") as span:
+        if len(text) > chat_settings.max_input_chars:
+            span["status"] = "refused"
+            raise DomainError(
+                f"The input is {len(text)} characters; the limit is {chat_settings.max_input_chars}.",
+                param="message",
+                code="input_too_large",
+            )
+        if estimate_tokens(text) > settings.CHAT_MAX_INPUT_TOKENS:
+            span["status"] = "refused"
+            raise DomainError(
+                f"The input is about {estimate_tokens(text)} tokens; the limit is "
+                f"{settings.CHAT_MAX_INPUT_TOKENS}.",
+                param="message",
+                code="input_too_large",
+            )
+        findings = injection_findings(text) if chat_settings.injection_policy != GuardPolicy.OFF else []
+        span.update(policy=chat_settings.injection_policy, injection=findings)
+        if findings and chat_settings.injection_policy == GuardPolicy.BLOCK:
+            span["status"] = "refused"
+            raise DomainError(
+                "The input looks like a prompt-injection attempt and this tenant blocks those.",
+                param="message",
+                code="prompt_injection_detected",
+            )
+
+
+def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> Prepared:
+    chat_settings = chat_settings_for(tenant=tenant)
+    _guard_input(tenant, params, chat_settings, recorder)
+    messages: list[dict[str, str]] = []
+    prompt_info = None
+    model_config: dict[str, Any] = {}
+    if params.prompt:
+        with recorder.span("prompt", prompt=params.prompt) as span:
+            resolved = prompt_resolve(
+                tenant=tenant,
+                name=params.prompt,
+                label=params.label,
+                version=params.version,
+                user=params.user or None,
+            )
+            rendered = prompt_render(resolved=resolved, variables=params.variables)
+            messages = rendered.messages or [{"role": "system", "content": rendered.text or ""}]
+            model_config = resolved.version.model_config
+            prompt_info = {
+                "name": resolved.name,
+                "version": resolved.version.number,
+                "variant": resolved.variant_id,
+            }
+            span.update(
+                version=resolved.version.number,
+                variant=resolved.variant_id,
+                experiment=resolved.experiment_id,
+            )
+            recorder.set(
+                prompt_name=resolved.name,
+                prompt_version=resolved.version.number,
+                prompt_variant=resolved.variant_id,
+            )
+    if params.messages is not None:
+        messages += params.messages
+    else:
+        if params.conversation_id is not None:
+            with recorder.span("history") as span:
+                history = trim_history(
+                    conversation_history(tenant=tenant, conversation_id=params.conversation_id),
+                    settings.CHAT_HISTORY_TOKEN_BUDGET,
+                )
+                span["messages"] = len(history)
+            messages += history
+        messages.append({"role": "user", "content": params.message})
+    max_tokens = params.max_tokens or model_config.get("max_tokens") or settings.CHAT_DEFAULT_MAX_TOKENS
+    temperature = params.temperature if params.temperature is not None else model_config.get("temperature")
+    top_p = params.top_p if params.top_p is not None else model_config.get("top_p")
+    with recorder.span("route") as span:
+        targets, reason = resolve_targets(
+            tenant=tenant,
+            chat_settings=chat_settings,
+            model=params.model or model_config.get("model"),
+            text=params.message,
+        )
+        span.update(reason=reason, chain=[target.key for target in targets])
+    cacheable = (
+        chat_settings.cache_enabled
+        and temperature is not None
+        and temperature <= settings.CHAT_CACHE_MAX_TEMPERATURE
+    )
+    cache_key = None
+    if cacheable:
+        material = json.dumps(
+            [tenant.pk, targets[0].key, messages, max_tokens, temperature, top_p], sort_keys=True
+        )
+        cache_key = "chat:exact:" + hashlib.sha256(material.encode()).hexdigest()
+    return Prepared(
+        params,
+        chat_settings,
+        messages,
+        targets,
+        max_tokens,
+        temperature,
+        top_p,
+        prompt_info,
+        cache_key,
+        estimate_message_tokens(messages),
+    )
+
+
+def _cached_answer(prepared: Prepared, recorder: TraceRecorder) -> dict[str, Any] | None:
+    if prepared.cache_key is None:
+        recorder.add_span("cache", start_ms=recorder.elapsed_ms(), duration_ms=0, status="skipped")
+        return None
+    with recorder.span("cache", kind="exact") as span:
+        try:
+            hit = cache.get(prepared.cache_key)
+        except CACHE_ERRORS:
+            hit = None
+        span["hit"] = hit is not None
+    return hit
+
+
+def _serve_from_cache(
+    tenant: Tenant, prepared: Prepared, hit: dict[str, Any], recorder: TraceRecorder
+) -> ChatResult:
+    params = prepared.params
+    usage = Usage(hit["input_tokens"], hit["cached_input_tokens"], hit["output_tokens"])
+    with recorder.span("settle", cached=True):
+        usage_record(
+            tenant=tenant,
+            request_id=params.request_id,
+            kind="cache_hit",
+            provider=hit["provider"],
+            model=hit["model"],
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+            **_prompt_fields(prepared),
+            trace_id=recorder.id,
+        )
+    return ChatResult(
+        params.request_id,
+        params.conversation_id,
+        hit["answer"],
+        hit["model"],
+        hit["provider"],
+        usage,
+        0,
+        prepared.prompt,
+        recorder.id,
+        cached=True,
+    )
+
+
+def _prompt_fields(prepared: Prepared) -> dict[str, Any]:
+    prompt = prepared.prompt or {}
+    return {
+        "prompt_name": prompt.get("name", ""),
+        "prompt_version": prompt.get("version"),
+        "prompt_variant": prompt.get("variant"),
+    }
+
+
+def _provider_request(prepared: Prepared, target: Target) -> ProviderRequest:
+    return ProviderRequest(
+        target.model, prepared.messages, prepared.max_tokens, prepared.temperature, prepared.top_p
+    )
+
+
+def _reserver(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder):  # type: ignore[no-untyped-def]
+    def reserve(target: Target, request: ProviderRequest) -> ReservationHandle:
+        with recorder.span("reserve", provider=target.provider, model=target.model):
+            return budget_reserve(
+                tenant=tenant,
+                request_id=prepared.params.request_id,
+                provider=target.provider,
+                model=target.model,
+                prompt_tokens=prepared.estimated_tokens,
+                max_tokens=request.max_tokens,
+            )
+
+    return reserve
+
+
+def _finish(
+    tenant: Tenant,
+    prepared: Prepared,
+    recorder: TraceRecorder,
+    *,
+    target: Target,
+    reservation: ReservationHandle,
+    answer: str,
+    usage: Usage,
+    finish_reason: str,
+    attempts: int,
+) -> ChatResult:
+    """Settle, redact, store the turn, cache the answer."""
+    params = prepared.params
+    with recorder.span("settle") as span:
+        charge = budget_settle(
+            handle=reservation,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+            trace_id=recorder.id,
+            **_prompt_fields(prepared),
+        )
+        span.update(cost_nanos=charge.cost_nanos, charged=charge.entry_id is not None)
+    token_rate_adjust(
+        tenant=tenant,
+        reserved=prepared.estimated_tokens + prepared.max_tokens,
+        used=usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
+    )
+    conversation_id = params.conversation_id
+    if params.messages is None:
+        conversation_id = conversation_record(
+            tenant=tenant,
+            conversation_id=params.conversation_id,
+            user=params.user,
+            question=params.message,
+            answer=answer,
+            usage=usage,
+            request_id=params.request_id,
+        )
+    if prepared.cache_key is not None:
+        entry = {
+            "answer": answer,
+            "model": target.model,
+            "provider": target.provider,
+            "input_tokens": usage.input_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "output_tokens": usage.output_tokens,
+        }
+        with contextlib.suppress(*CACHE_ERRORS):
+            cache.set(prepared.cache_key, entry, prepared.chat_settings.cache_ttl_seconds)
+    recorder.set(
+        provider=target.provider,
+        model=target.model,
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_nanos=charge.cost_nanos,
+        attempts=attempts,
+    )
+    return ChatResult(
+        params.request_id,
+        conversation_id,
+        answer,
+        target.model,
+        target.provider,
+        usage,
+        charge.cost_nanos,
+        prepared.prompt,
+        recorder.id,
+        cached=False,
+        finish_reason=finish_reason,
+    )
+
+
+def _redact_output(prepared: Prepared, text: str, recorder: TraceRecorder) -> str:
+    categories = prepared.chat_settings.redact_output
+    with recorder.span("guard_output", categories=categories) as span:
+        redacted, counts = redact(text, categories)
+        span["redacted"] = dict(counts)
+    return redacted
+
+
+def _close_trace(recorder: TraceRecorder, error: Exception | None) -> None:
+    if error is None:
+        recorder.finish()
+    elif isinstance(error, DomainError | ApiError) and not isinstance(error, UpstreamUnavailable):
+        recorder.finish(status=TraceStatus.REFUSED, error=str(error))
+    else:
+        recorder.finish(status=TraceStatus.ERROR, error=f"{type(error).__name__}: {error}")
+
+
+def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
+    recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
+    recorder.set(end_user=params.user)
+    error: Exception | None = None
+    try:
+        prepared = prepare(tenant=tenant, params=params, recorder=recorder)
+        hit = _cached_answer(prepared, recorder)
+        if hit is not None:
+            recorder.set(cached=True, provider=hit["provider"], model=hit["model"])
+            return _serve_from_cache(tenant, prepared, hit, recorder)
+        token_rate_reserve(tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens)
+        served: Served[Completion] = run_chain(
+            targets=prepared.targets,
+            request_for=lambda target: _provider_request(prepared, target),
+            reserve=_reserver(tenant, prepared, recorder),
+            call=complete_call,
+            recorder=recorder,
+        )
+        completion = served.result
+        answer = _redact_output(prepared, completion.text, recorder)
+        return _finish(
+            tenant,
+            prepared,
+            recorder,
+            target=served.target,
+            reservation=served.reservation,
+            answer=answer,
+            usage=completion.usage,
+            finish_reason=completion.finish_reason,
+            attempts=served.attempts,
+        )
+    except Exception as exc:
+        error = exc
+        raise
+    finally:
+        _close_trace(recorder, error)
+
+
+@dataclass(frozen=True)
+class StreamError:
+    error: ApiError
+
+
+def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatResult | StreamError]:
+    """Deltas, then the ChatResult. Failing before the first delta raises (the view answers with a
+    plain error); failing after it yields StreamError, having charged what was delivered."""
+    recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
+    recorder.set(end_user=params.user, streamed=True)
+    error: Exception | None = None
+    try:
+        prepared = prepare(tenant=tenant, params=params, recorder=recorder)
+        hit = _cached_answer(prepared, recorder)
+        if hit is not None:
+            recorder.set(cached=True, provider=hit["provider"], model=hit["model"], time_to_first_token_ms=0)
+            result = _serve_from_cache(tenant, prepared, hit, recorder)
+            _close_trace(recorder, None)
+            return iter([result.answer, result])
+        token_rate_reserve(tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens)
+        served: Served[OpenStream] = run_chain(
+            targets=prepared.targets,
+            request_for=lambda target: _provider_request(prepared, target),
+            reserve=_reserver(tenant, prepared, recorder),
+            call=stream_call_factory(recorder),
+            recorder=recorder,
+        )
+    except Exception as exc:
+        error = exc
+        _close_trace(recorder, error)
+        raise
+    recorder.set(time_to_first_token_ms=served.result.opened_at_ms)
+    return _relay(tenant, prepared, recorder, served)
+
+
+def _relay(
+    tenant: Tenant, prepared: Prepared, recorder: TraceRecorder, served: Served[OpenStream]
+) -> Iterator[str | ChatResult | StreamError]:
+    redactor = StreamRedactor(prepared.chat_settings.redact_output)
+    delivered: list[str] = []
+    usage: Usage | None = None
+    failure: ApiError | None = None
+    stream_started = recorder.elapsed_ms()
+    try:
+        for event in served.result.events():
+            if isinstance(event, Usage):
+                usage = event
+                continue
+            delivered.append(event)
+            text = redactor.feed(event)
+            if text:
+                yield text
+    except GeneratorExit:  # the client went away: charge what was generated, then stop
+        failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
+        _settle_stream(
+            tenant, prepared, recorder, served, delivered, usage, failure, stream_started, redactor
+        )
+        raise
+    except Exception as exc:  # the provider failed after the first token: end with an error event
+        failure = ApiError(
+            f"The provider stream broke off: {exc}", status_code=502, code="stream_interrupted"
+        )
+    tail = redactor.flush()
+    if tail:
+        yield tail
+    result = _settle_stream(
+        tenant, prepared, recorder, served, delivered, usage, failure, stream_started, redactor
+    )
+    yield StreamError(failure) if failure else result
+
+
+def _settle_stream(
+    tenant: Tenant,
+    prepared: Prepared,
+    recorder: TraceRecorder,
+    served: Served[OpenStream],
+    delivered: list[str],
+    usage: Usage | None,
+    failure: ApiError | None,
+    stream_started: float,
+    redactor: StreamRedactor,
+) -> ChatResult:
+    """Charges the stream once: the provider's final usage, or what we counted when it was cut."""
+    recorder.add_span(
+        "stream",
+        start_ms=stream_started,
+        duration_ms=recorder.elapsed_ms() - stream_started,
+        status="error" if failure else "ok",
+        redacted=dict(redactor.counts),
+        usage_source="provider" if usage else "counted",
+    )
+    answer = "".join(delivered)
+    if usage is None:
+        usage = Usage(prepared.estimated_tokens, 0, estimate_tokens(answer))
+    error: Exception | None = failure
+    try:
+        return _finish(
+            tenant,
+            prepared,
+            recorder,
+            target=served.target,
+            reservation=served.reservation,
+            answer=redact(answer, prepared.chat_settings.redact_output)[0],
+            usage=usage,
+            finish_reason="error" if failure else "stop",
+            attempts=served.attempts,
+        )
+    except Exception as exc:
+        error = exc
+        budget_release(handle=served.reservation)
+        raise
+    finally:
+        _close_trace(recorder, error)

@@ -206,11 +206,29 @@ BUDGET_WEBHOOK_TIMEOUT_SECONDS = env_int("BUDGET_WEBHOOK_TIMEOUT_SECONDS", 10)
 # Drafts for a month are finalized this many days after it ends (corrections can land meanwhile).
 INVOICE_FINALIZE_GRACE_DAYS = env_int("INVOICE_FINALIZE_GRACE_DAYS", 3)
 
-# --- LLM providers (used by the chat app) ----------------------------------------------------------
+# --- LLM providers and the chat pipeline ------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL") or None
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL") or None
+# provider:model entries; empty: the configured providers' small models, then local:local.
+CHAT_DEFAULT_FALLBACK_CHAIN = env_list("CHAT_DEFAULT_FALLBACK_CHAIN")
+CHAT_CONNECT_TIMEOUT_SECONDS = float(env_str("CHAT_CONNECT_TIMEOUT_SECONDS", "5"))
+CHAT_REQUEST_TIMEOUT_SECONDS = float(env_str("CHAT_REQUEST_TIMEOUT_SECONDS", "60"))
+CHAT_FIRST_TOKEN_TIMEOUT_SECONDS = float(env_str("CHAT_FIRST_TOKEN_TIMEOUT_SECONDS", "20"))
+CHAT_MAX_RETRIES = env_int("CHAT_MAX_RETRIES", 2)  # per provider, after the first attempt
+CHAT_RETRY_BASE_DELAY_SECONDS = float(env_str("CHAT_RETRY_BASE_DELAY_SECONDS", "0.25"))
+CHAT_RETRY_MAX_DELAY_SECONDS = float(env_str("CHAT_RETRY_MAX_DELAY_SECONDS", "4"))
+CIRCUIT_FAILURE_THRESHOLD = env_int("CIRCUIT_FAILURE_THRESHOLD", 5)
+CIRCUIT_WINDOW_SECONDS = env_int("CIRCUIT_WINDOW_SECONDS", 60)
+CIRCUIT_COOLDOWN_SECONDS = env_int("CIRCUIT_COOLDOWN_SECONDS", 30)
+CHAT_DEFAULT_MAX_TOKENS = env_int("CHAT_DEFAULT_MAX_TOKENS", 512)
+CHAT_MAX_TOKENS_LIMIT = env_int("CHAT_MAX_TOKENS_LIMIT", 16_384)
+CHAT_MAX_INPUT_TOKENS = env_int("CHAT_MAX_INPUT_TOKENS", 100_000)
+CHAT_HISTORY_TOKEN_BUDGET = env_int("CHAT_HISTORY_TOKEN_BUDGET", 3000)
+# The exact cache only answers requests at or below this temperature (deterministic enough).
+CHAT_CACHE_MAX_TEMPERATURE = float(env_str("CHAT_CACHE_MAX_TEMPERATURE", "0.2"))
+IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -20,4 +20,6 @@ urlpatterns = [
     path("api/v1/", include("tenants.urls")),
     path("api/v1/", include("prompts.urls")),
     path("api/v1/", include("billing.urls")),
+    path("api/v1/", include("chat.urls")),
+    path("v1/", include("chat.openai_urls")),
 ]

@@ -1,3 +1,66 @@
-"""models for the monitoring app (filled by its issue)."""
+"""Traces (one per request) with their spans."""
 
 from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from tenants.models import TenantOwnedModel
+
+
+class TraceStatus(models.TextChoices):
+    OK = "ok", "OK"
+    ERROR = "error", "Error"
+    REFUSED = "refused", "Refused (guard, budget, rate limit)"
+
+
+class Trace(TenantOwnedModel):
+    """One chat request end to end: what was asked of which model, what it cost and how long it took."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request_id = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=50)
+    status = models.CharField(max_length=8, choices=TraceStatus.choices)
+    error = models.CharField(max_length=500, blank=True)
+    provider = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    prompt_name = models.CharField(max_length=100, blank=True)
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    prompt_variant = models.BigIntegerField(null=True, blank=True)
+    end_user = models.CharField(max_length=200, blank=True)
+    cached = models.BooleanField(default=False)
+    streamed = models.BooleanField(default=False)
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_nanos = models.BigIntegerField(default=0)
+    latency_ms = models.FloatField(default=0)
+    time_to_first_token_ms = models.FloatField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="trace_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.status} {self.model}"
+
+
+class Span(models.Model):
+    """One step of a trace: guard, prompt, cache, retrieval, a provider attempt, settle..."""
+
+    trace = models.ForeignKey(Trace, on_delete=models.CASCADE, related_name="spans")
+    ordinal = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=50)
+    status = models.CharField(max_length=8, default="ok")
+    start_ms = models.FloatField(help_text="Offset from the start of the request.")
+    duration_ms = models.FloatField()
+    attributes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["trace", "ordinal"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.duration_ms:.1f} ms)"

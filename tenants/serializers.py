@@ -7,7 +7,7 @@ from tenants.models import ApiKey, Scope
 
 
 # Output shapes are plain Serializers: ModelSerializer rebuilds its fields from model metadata on
-# every instantiation, which cost ~1 ms per object on the /me path (bench/api_overhead.py).
+# every instantiation, which cost ~1 ms per object on the /me path (bench/bench_api_overhead.py).
 class TenantSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()

@@ -14,6 +14,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from billing.models import Invoice
+from chat.models import Conversation, Message
 from billing.services import invoice_finalize, invoice_generate, usage_record
 from prompts.models import PromptTemplate
 from prompts.services import experiment_start, prompt_template_create, prompt_version_create
@@ -71,6 +72,15 @@ def _invoice(tenant: Tenant) -> tuple[dict[str, str], State]:
     return {"pk": str(invoice.pk)}, lambda: Invoice.objects.filter(pk=invoice.pk).values().get()
 
 
+def _conversation(tenant: Tenant) -> tuple[dict[str, str], State]:
+    conversation = Conversation.objects.create(tenant=tenant, title="secret")
+    Message.objects.create(conversation=conversation, role="user", content="secret question")
+    return {"pk": str(conversation.pk)}, lambda: (
+        Conversation.objects.filter(pk=conversation.pk).values().get(),
+        list(Message.objects.filter(conversation=conversation).values_list("content", flat=True)),
+    )
+
+
 # route name -> creates an object owned by the tenant; returns the URL kwargs and a snapshot of its state.
 OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = {
     "api-key-detail": _api_key,
@@ -86,6 +96,7 @@ OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = 
     "invoice-pdf": _invoice,
     "invoice-csv": _invoice,
     "invoice-html": _invoice,
+    "conversation-detail": _conversation,
 }
 
 

@@ -1,7 +1,7 @@
 """Resolve + render of a prompt on the chat hot path: per-process cached snapshots vs a database
 read every time, with a running A/B experiment and a sticky end user.
 
-    make bench B=bench/prompt_resolve.py
+    make bench B=bench/bench_prompt_resolve.py
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     uncached_rate, uncached_queries = rate(uncached)
     report = "\n".join(
         [
-            "## Prompt resolve + render (`bench/prompt_resolve.py`)",
+            "## Prompt resolve + render (`bench/bench_prompt_resolve.py`)",
             "",
             f"{machine_line()}; one process; chat template with an A/B experiment running, sticky users; "
             f"{SECONDS:.0f} s per row.",

@@ -1,7 +1,7 @@
 """Cost of API-key auth + rate limiting: GET /api/v1/me against a bare DRF view (/health/live),
 both served by the same gunicorn configuration `make run` uses.
 
-    make bench B=bench/api_overhead.py
+    make bench B=bench/bench_api_overhead.py
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
             assert set(me.statuses) == {200}, me.statuses
             rows.append((concurrency, bare, me))
     lines = [
-        "## API overhead: auth + rate limit (`bench/api_overhead.py`)",
+        "## API overhead: auth + rate limit (`bench/bench_api_overhead.py`)",
         "",
         f"{machine_line()}; gunicorn as `make run` configures it; {SECONDS:.0f} s per cell; "
         "client processes share the 2 cores with the server.",

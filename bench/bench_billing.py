@@ -5,7 +5,7 @@
 2. database queries per reserve+settle in the steady state;
 3. invoice generation for one tenant-month of 100k, 250k, 500k and 1M ledger entries.
 
-    make bench B=bench/billing.py      (runs in its own database, llm_backend_bench)
+    make bench B=bench/bench_billing.py      (runs in its own database, llm_backend_bench)
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def main() -> None:
     invoices = [(size, invoice_seconds(ledger_of(size))) for size in INVOICE_SIZES]
     smallest_size, smallest_time = invoices[0]
     lines = [
-        "## Billing: reserve+settle and invoices (`bench/billing.py`)",
+        "## Billing: reserve+settle and invoices (`bench/bench_billing.py`)",
         "",
         f"{machine_line()}; embedded PostgreSQL 16 on the same 2 cores; worker processes in closed loops, "
         f"{SECONDS:.0f} s per row; every reservation checks a hard monthly budget and the token quota.",

@@ -1,0 +1,83 @@
+"""A circuit breaker per provider:model, shared by every worker through Redis.
+
+closed: calls go through; each failure is counted in a window of CIRCUIT_WINDOW_SECONDS. At
+CIRCUIT_FAILURE_THRESHOLD failures the circuit opens for CIRCUIT_COOLDOWN_SECONDS: the chain skips
+it. After the cooldown one worker at a time may send a probe (half-open): success closes the
+circuit, failure opens it for another cooldown. If Redis is down, circuits count as closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+
+from tenants.errors import CACHE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+def _keys(target: str) -> tuple[str, str, str]:
+    return f"circuit:{target}:failures", f"circuit:{target}:open_until", f"circuit:{target}:probe"
+
+
+@dataclass(frozen=True)
+class CircuitState:
+    target: str
+    state: str  # closed | open | half_open
+    failures: int
+    open_for_seconds: float
+
+
+def circuit_allows(target: str) -> bool:
+    """May a call go to `target` now? Claims the single half-open probe when the cooldown is over."""
+    _, open_key, probe_key = _keys(target)
+    try:
+        open_until = cache.get(open_key)
+        if open_until is None:
+            return True
+        if time.time() < float(open_until):
+            return False
+        return bool(cache.add(probe_key, 1, settings.CIRCUIT_COOLDOWN_SECONDS))
+    except CACHE_ERRORS:
+        logger.warning("circuit state unavailable for %s; allowing the call", target)
+        return True
+
+
+def circuit_record_success(target: str) -> None:
+    try:
+        if cache.get(_keys(target)[1]) is not None or cache.get(_keys(target)[0]):
+            cache.delete_many(list(_keys(target)))
+    except CACHE_ERRORS:
+        logger.warning("circuit state unavailable for %s", target)
+
+
+def circuit_record_failure(target: str) -> None:
+    failures_key, open_key, probe_key = _keys(target)
+    try:
+        half_open = cache.get(probe_key) is not None
+        cache.add(failures_key, 0, settings.CIRCUIT_WINDOW_SECONDS)
+        failures = cache.incr(failures_key)
+        if half_open or failures >= settings.CIRCUIT_FAILURE_THRESHOLD:
+            cooldown = settings.CIRCUIT_COOLDOWN_SECONDS
+            cache.set(open_key, time.time() + cooldown, cooldown * 10)
+            cache.delete(probe_key)
+            logger.warning("circuit %s opened for %ss after %s failures", target, cooldown, failures)
+    except (*CACHE_ERRORS, ValueError):
+        logger.warning("circuit state unavailable for %s", target)
+
+
+def circuit_state(target: str) -> CircuitState:
+    failures_key, open_key, _ = _keys(target)
+    try:
+        failures = int(cache.get(failures_key) or 0)
+        open_until = cache.get(open_key)
+    except CACHE_ERRORS:
+        return CircuitState(target, "unknown", 0, 0)
+    if open_until is None:
+        return CircuitState(target, "closed", failures, 0)
+    remaining = float(open_until) - time.time()
+    return CircuitState(target, "open" if remaining > 0 else "half_open", failures, max(remaining, 0))

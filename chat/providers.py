@@ -1,0 +1,340 @@
+"""LLM providers behind one small interface: `openai` and `anthropic` through their official SDKs,
+and `local`, offline and deterministic.
+
+The SDKs' own retries are off (max_retries=0): the fallback chain (chat/fallback.py) retries, so
+every attempt is counted, traced and fed to the circuit breaker. Base URLs and keys come from
+settings, so any OpenAI-compatible server works.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anthropic
+import openai
+from django.conf import settings
+
+from chat.tokens import estimate_message_tokens, estimate_tokens
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int  # not served from the provider's prompt cache
+    cached_input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    usage: Usage
+    finish_reason: str = "stop"
+
+
+class ProviderError(Exception):
+    """A failed attempt. `kind` decides what the chain does next:
+
+    timeout, connection, rate_limited, server -> retry (with backoff), then fall back;
+    malformed, config -> fall back at once; bad_request -> the request itself is wrong: stop.
+    """
+
+    RETRYABLE = {"timeout", "connection", "rate_limited", "server"}
+
+    def __init__(
+        self, kind: str, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in self.RETRYABLE
+
+    @property
+    def counts_against_circuit(self) -> bool:
+        return self.kind != "bad_request"
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(float(value) * scale, 0.0)
+            except ValueError:
+                return None
+    return None
+
+
+def classify(exc: Exception) -> ProviderError:
+    """Maps an SDK (or transport) exception to what the fallback chain should do."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError):
+        return ProviderError("timeout", "the provider did not answer in time")
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
+        return ProviderError("connection", f"could not reach the provider: {exc}")
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        status = exc.status_code
+        retry_after = _retry_after(exc.response.headers)
+        if status == 429:
+            return ProviderError(
+                "rate_limited",
+                "the provider is rate limiting us",
+                status_code=status,
+                retry_after=retry_after,
+            )
+        if status >= 500 or status in (408, 409):
+            return ProviderError(
+                "server",
+                f"the provider failed with HTTP {status}",
+                status_code=status,
+                retry_after=retry_after,
+            )
+        if status in (401, 403, 404):
+            return ProviderError(
+                "config", f"the provider refused our credentials or model (HTTP {status})", status_code=status
+            )
+        return ProviderError(
+            "bad_request", f"the provider rejected the request: {_status_message(exc)}", status_code=status
+        )
+    return ProviderError("malformed", f"unreadable provider response ({type(exc).__name__})")
+
+
+def _status_message(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:300]
+    return str(exc.message)[:300]
+
+
+class Provider(Protocol):
+    name: str
+
+    def complete(self, request: ProviderRequest) -> Completion: ...
+
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+        """Text deltas as they arrive, then one Usage if the provider reports it."""
+        ...
+
+
+# Both SDKs take the same Timeout type (their HTTP client's), so connect and total are set apart.
+def _timeout() -> openai.Timeout:
+    return openai.Timeout(
+        settings.CHAT_REQUEST_TIMEOUT_SECONDS, connect=settings.CHAT_CONNECT_TIMEOUT_SECONDS
+    )
+
+
+def _stream_timeout() -> openai.Timeout:
+    # A stream's reads wait at most the time-to-first-token budget (then the same gap between chunks).
+    return openai.Timeout(
+        settings.CHAT_FIRST_TOKEN_TIMEOUT_SECONDS, connect=settings.CHAT_CONNECT_TIMEOUT_SECONDS
+    )
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    @functools.cached_property
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            api_key=settings.OPENAI_API_KEY or "unset",
+            base_url=settings.OPENAI_BASE_URL,
+            max_retries=0,
+            timeout=_timeout(),
+        )
+
+    def _params(self, request: ProviderRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
+        return params
+
+    @staticmethod
+    def _usage(usage: Any) -> Usage:
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
+        return Usage(usage.prompt_tokens - cached, cached, usage.completion_tokens)
+
+    def complete(self, request: ProviderRequest) -> Completion:
+        try:
+            response = self.client.chat.completions.create(**self._params(request))
+            choice = response.choices[0]
+            if response.usage is None:
+                raise ProviderError("malformed", "the provider reported no usage")
+            return Completion(
+                choice.message.content or "", self._usage(response.usage), choice.finish_reason or "stop"
+            )
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+        try:
+            chunks = self.client.chat.completions.create(
+                **self._params(request),
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=_stream_timeout(),
+            )
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+                if chunk.usage is not None:
+                    yield self._usage(chunk.usage)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise classify(exc) from exc
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    @functools.cached_property
+    def client(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            api_key=settings.ANTHROPIC_API_KEY or "unset",
+            base_url=settings.ANTHROPIC_BASE_URL,
+            max_retries=0,
+            timeout=_timeout(),
+        )
+
+    @staticmethod
+    def _params(request: ProviderRequest) -> dict[str, Any]:
+        """System messages go to `system`; consecutive turns of one role are merged (the API alternates)."""
+        system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
+        turns: list[dict[str, str]] = []
+        for message in request.messages:
+            if message["role"] == "system":
+                continue
+            if turns and turns[-1]["role"] == message["role"]:
+                turns[-1] = {
+                    "role": message["role"],
+                    "content": turns[-1]["content"] + "\n\n" + message["content"],
+                }
+            else:
+                turns.append({"role": message["role"], "content": message["content"]})
+        params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, "messages": turns}
+        if system:
+            params["system"] = system
+        if request.temperature is not None:
+            params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
+        return params
+
+    def complete(self, request: ProviderRequest) -> Completion:
+        try:
+            response = self.client.messages.create(**self._params(request))
+            text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
+            usage = response.usage
+            return Completion(
+                text,
+                Usage(usage.input_tokens, usage.cache_read_input_tokens or 0, usage.output_tokens),
+                response.stop_reason or "stop",
+            )
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+        input_tokens = cached = output_tokens = 0
+        finished = False
+        try:
+            events = self.client.messages.create(
+                **self._params(request), stream=True, timeout=_stream_timeout()
+            )
+            for event in events:
+                if event.type == "message_start":
+                    usage = event.message.usage
+                    input_tokens, cached = usage.input_tokens, usage.cache_read_input_tokens or 0
+                elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
+                    yield event.delta.text
+                elif event.type == "message_delta":
+                    output_tokens = event.usage.output_tokens
+                elif event.type == "message_stop":
+                    finished = True
+        except Exception as exc:
+            raise classify(exc) from exc
+        if finished:
+            yield Usage(input_tokens, cached, output_tokens)
+
+
+CONTEXT_MARKER = "Context:"
+
+
+class LocalProvider:
+    """Offline and deterministic: answers from the retrieved context when the prompt carries one,
+    otherwise echoes a short summary of the question. Token usage is estimated like ours elsewhere."""
+
+    name = "local"
+
+    def _answer(self, request: ProviderRequest) -> str:
+        question = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
+        context = next(
+            (
+                m["content"].split(CONTEXT_MARKER, 1)[1]
+                for m in request.messages
+                if m["role"] == "system" and CONTEXT_MARKER in m["content"]
+            ),
+            "",
+        )
+        if context.strip():
+            sentences = re.split(r"(?<=[.!?])\s+", " ".join(context.split()))
+            answer = "From your documents: " + " ".join(sentences[:2])
+        else:
+            summary = " ".join(question.split()[:40])
+            answer = (
+                f'(local model) You asked: "{summary}". No external model is configured to answer in full.'
+            )
+        words = answer.split(" ")
+        return " ".join(words[: max(request.max_tokens, 1)])
+
+    def _usage(self, request: ProviderRequest, text: str) -> Usage:
+        return Usage(estimate_message_tokens(request.messages), 0, estimate_tokens(text))
+
+    def complete(self, request: ProviderRequest) -> Completion:
+        text = self._answer(request)
+        return Completion(text, self._usage(request, text))
+
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+        text = self._answer(request)
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            yield word if index == 0 else " " + word
+        yield self._usage(request, text)
+
+
+PROVIDERS: dict[str, Provider] = {
+    "openai": OpenAIProvider(),
+    "anthropic": AnthropicProvider(),
+    "local": LocalProvider(),
+}
+
+
+def provider_named(name: str) -> Provider:
+    return PROVIDERS[name]
