@@ -7,9 +7,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -220,7 +222,10 @@ class GenerateForm(forms.Form):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(ReadOnlyAdmin):
+class InvoiceAdmin(admin.ModelAdmin):
+    """Invoices change only through their actions (generate, finalize, void), never by editing:
+    `change` permission is what those actions require; every field stays read-only."""
+
     list_display = [
         "__str__",
         "tenant",
@@ -237,6 +242,18 @@ class InvoiceAdmin(ReadOnlyAdmin):
     list_select_related = ["tenant"]
     inlines = [InvoiceLineInline]
     actions = ["regenerate_drafts", "finalize_drafts"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Invoice | None = None) -> list[str]:
+        return [field.name for field in Invoice._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Invoice, form: forms.ModelForm, change: bool) -> None:
+        pass  # nothing is editable; finalized invoices are immutable
 
     @admin.display(description="total (USD)")
     def total(self, invoice: Invoice) -> str:
@@ -264,12 +281,18 @@ class InvoiceAdmin(ReadOnlyAdmin):
             *super().get_urls(),
         ]
 
+    def _require(self, allowed: bool) -> None:
+        if not allowed:
+            raise PermissionDenied
+
     def pdf_view(self, request: HttpRequest, invoice_id: int) -> HttpResponse:
-        invoice = Invoice.objects.get(pk=invoice_id)
+        self._require(self.has_view_permission(request))
+        invoice = get_object_or_404(Invoice, pk=invoice_id)
         return document(invoice_pdf(invoice), "application/pdf", invoice_filename(invoice, "pdf"))
 
     def void_view(self, request: HttpRequest, invoice_id: int) -> HttpResponse:
-        invoice = Invoice.objects.get(pk=invoice_id)
+        self._require(self.has_change_permission(request))
+        invoice = get_object_or_404(Invoice, pk=invoice_id)
         form = VoidForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -289,7 +312,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     def usage_view(self, request: HttpRequest) -> HttpResponse:
         """Usage of one tenant for a month, by model and by day, straight from the ledger."""
-        tenant = Tenant.objects.filter(pk=request.GET.get("tenant") or 0).first()
+        self._require(self.has_view_permission(request))
+        tenant_id = request.GET.get("tenant", "")
+        tenant = Tenant.objects.filter(pk=int(tenant_id)).first() if tenant_id.isdigit() else None
         try:
             month = date.fromisoformat((request.GET.get("month") or "") + "-01")
         except ValueError:
@@ -318,6 +343,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     def generate_view(self, request: HttpRequest) -> HttpResponse:
         """Drafts for a month, for every tenant with usage in it (what beat does on the 1st)."""
+        self._require(self.has_change_permission(request))
         form = GenerateForm(
             request.POST or None, initial={"period": f"{previous_month(timezone.localdate()):%Y-%m}"}
         )
@@ -331,23 +357,16 @@ class InvoiceAdmin(ReadOnlyAdmin):
             request, "admin/billing/generate.html", self._context(request, "Generate invoices", form=form)
         )
 
-    @admin.action(description="Regenerate selected drafts from the ledger")
+    @admin.action(description="Regenerate selected drafts from the ledger", permissions=["change"])
     def regenerate_drafts(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         for invoice in queryset.filter(status=InvoiceStatus.DRAFT).select_related("tenant"):
             invoice_generate(tenant=invoice.tenant, period=invoice.period, actor=actor_for(request))
         self.message_user(request, "Drafts regenerated.", messages.SUCCESS)
 
-    @admin.action(description="Finalize selected drafts (assigns invoice numbers)")
+    @admin.action(description="Finalize selected drafts (assigns invoice numbers)", permissions=["change"])
     def finalize_drafts(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         for invoice in queryset.order_by("pk"):
             try:
                 invoice_finalize(invoice=invoice, actor=actor_for(request))
             except DomainError as error:
                 self.message_user(request, error.message, messages.WARNING)
-
-    @admin.action(description="Generate drafts for last month (all tenants with usage)")
-    def generate_previous_month(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        invoices = invoices_generate_for_period(
-            period=previous_month(timezone.localdate()), actor=actor_for(request)
-        )
-        self.message_user(request, f"{len(invoices)} draft(s) generated or refreshed.", messages.SUCCESS)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -131,16 +132,26 @@ def default_thresholds() -> list[int]:
 class TenantBudget(models.Model):
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="budget")
     monthly_budget_usd = models.DecimalField(
-        max_digits=12, decimal_places=2, null=True, blank=True, help_text="Empty: no monthly budget."
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Empty: no monthly budget.",
+        validators=[MinValueValidator(Decimal(0))],
     )
     daily_budget_usd = models.DecimalField(
-        max_digits=12, decimal_places=2, null=True, blank=True, help_text="Empty: no daily budget."
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Empty: no daily budget.",
+        validators=[MinValueValidator(Decimal(0))],
     )
     hard_limit = models.BooleanField(
         default=True, help_text="Refuse requests (402) that would exceed a budget."
     )
     alert_thresholds = ArrayField(
-        models.PositiveSmallIntegerField(),
+        models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(1000)]),
         default=default_thresholds,
         blank=True,
         help_text="Percent of the monthly budget, e.g. 50,80,100.",

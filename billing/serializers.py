@@ -27,6 +27,8 @@ class UsageQuerySerializer(serializers.Serializer):
         end: date = attrs.get("to") or today
         if start > end:
             raise serializers.ValidationError({"from": "from must not be after to."})
+        if start.year < 2000 or end > today + timedelta(days=1):
+            raise serializers.ValidationError({"to": "Dates run from 2000-01-01 to tomorrow."})
         if end - start > timedelta(days=MAX_USAGE_DAYS):
             raise serializers.ValidationError({"to": f"The range is at most {MAX_USAGE_DAYS} days."})
         return {"start": start, "end": end, "group_by": attrs["group_by"]}

@@ -24,6 +24,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from billing.models import (
@@ -240,6 +241,7 @@ class ReservationHandle:
     amount_nanos: int
     tokens: int
     price: Price
+    month: date
 
 
 RESERVE_SQL = """
@@ -257,11 +259,11 @@ WITH balance AS (
            OR (CASE WHEN day < %(today)s THEN 0 ELSE day_spent_nanos + day_reserved_nanos END)
               + %(amount)s <= day_limit_nanos)
       AND (%(token_quota)s::bigint IS NULL OR tokens_used + tokens_reserved + %(tokens)s <= %(token_quota)s)
-    RETURNING id
+    RETURNING id, day
 )
 INSERT INTO billing_reservation
     (tenant_id, period_id, request_id, amount_nanos, tokens, day, created_at, expires_at)
-SELECT %(tenant_id)s, balance.id, %(request_id)s, %(amount)s, %(tokens)s, %(today)s, %(now)s, %(expires_at)s
+SELECT %(tenant_id)s, balance.id, %(request_id)s, %(amount)s, %(tokens)s, balance.day, %(now)s, %(expires_at)s
 FROM balance
 RETURNING id
 """
@@ -300,7 +302,9 @@ def budget_reserve(
         row = cursor.fetchone()
     if row is None:
         raise _refusal(tenant=tenant, period_id=period_id, amount=amount, tokens=tokens, today=today)
-    return ReservationHandle(row[0], tenant.pk, period_id, request_id, amount, tokens, price)
+    return ReservationHandle(
+        row[0], tenant.pk, period_id, request_id, amount, tokens, price, _month_start(today)
+    )
 
 
 def _refusal(*, tenant: Tenant, period_id: int, amount: int, tokens: int, today: date) -> Exception:
@@ -450,17 +454,28 @@ def budget_settle(
     prompt_variant: int | None = None,
     trace_id: UUID | None = None,
 ) -> Charge:
-    """Charges the real usage once per request id and releases the whole reservation."""
+    """Charges the real usage once per request id and releases the whole reservation.
+
+    A call that ends in the month after it was reserved is charged to the month it ends in (the
+    month its ledger entry and invoice belong to); the old month only gets its reservation back.
+    """
     cost = cost_nanos(
         handle.price,
         input_tokens=input_tokens,
         cached_input_tokens=cached_input_tokens,
         output_tokens=output_tokens,
     )
+    today = timezone.localdate()
+    period_id = handle.period_id
+    reservation_id: int | None = handle.id
+    if _month_start(today) != handle.month:
+        budget_release(handle=handle)
+        period_id = current_period_id(tenant=Tenant.objects.get(pk=handle.tenant_id), today=today)
+        reservation_id = None
     return _charge(
         tenant_id=handle.tenant_id,
-        period_id=handle.period_id,
-        reservation_id=handle.id,
+        period_id=period_id,
+        reservation_id=reservation_id,
         request_id=handle.request_id,
         kind=UsageKind.COMPLETION,
         price=handle.price,
@@ -541,14 +556,14 @@ WITH expired AS (
     DELETE FROM billing_reservation WHERE expires_at < %(now)s RETURNING period_id, amount_nanos, tokens, day
 ),
 totals AS (
-    SELECT period_id, day, SUM(amount_nanos) AS amount, SUM(tokens) AS tokens
-    FROM expired GROUP BY period_id, day
+    SELECT period_id, SUM(amount_nanos) AS amount, SUM(tokens) AS tokens FROM expired GROUP BY period_id
 )
 UPDATE billing_budgetperiod AS b SET
     reserved_nanos = b.reserved_nanos - totals.amount,
     tokens_reserved = b.tokens_reserved - totals.tokens,
-    day_reserved_nanos = CASE WHEN totals.day = b.day THEN b.day_reserved_nanos - totals.amount
-                              ELSE b.day_reserved_nanos END
+    -- only the expired reservations of the row's current day still count in its day counter
+    day_reserved_nanos = b.day_reserved_nanos - COALESCE(
+        (SELECT SUM(e.amount_nanos) FROM expired e WHERE e.period_id = b.id AND e.day = b.day), 0)
 FROM totals
 WHERE b.id = totals.period_id
 RETURNING b.id
@@ -601,8 +616,8 @@ def _alert_on_crossing(
             transaction.on_commit(partial(deliver_budget_alert.delay, row[0]))
 
 
-class WebhookDeliveryError(Exception):
-    pass
+class AlertDeliveryError(Exception):
+    """A channel failed; the task retries and the sent_at stamps keep the others from repeating."""
 
 
 def webhook_signature(*, secret: str, timestamp: int, body: bytes) -> str:
@@ -625,27 +640,46 @@ def alert_payload(alert: BudgetAlert) -> dict[str, Any]:
 
 
 def budget_alert_deliver(*, alert_id: int) -> None:
-    """E-mail and webhook for one alert, each at most once; raises WebhookDeliveryError to be retried.
+    """E-mail and webhook for one alert, each independently and at most once.
 
-    Runs in a Celery task, outside any transaction: the network calls can be slow.
+    Raises AlertDeliveryError when a channel failed, so the task retries; the other channel's
+    sent_at stamp keeps it from being sent twice. Runs in a Celery task, outside any transaction.
     """
-    import httpx
-    from django.core.mail import send_mail
-
     alert = BudgetAlert.objects.select_related("tenant").get(pk=alert_id)
     budget = budget_for(tenant=alert.tenant)
     payload = alert_payload(alert)
+    failures = []
     if budget.alert_emails and alert.email_sent_at is None:
-        send_mail(
-            subject=f"[{alert.tenant.name}] {alert.threshold_percent}% of the {payload['month']} budget used",
-            message=f"Spent ${payload['spent_usd']} of ${payload['budget_usd']} ({alert.threshold_percent}% "
-            f"threshold crossed).",
-            from_email=None,
-            recipient_list=budget.alert_emails,
-        )
-        BudgetAlert.objects.filter(pk=alert.pk).update(email_sent_at=timezone.now())
-    if not budget.webhook_url or alert.webhook_sent_at is not None:
-        return
+        try:
+            _send_alert_email(alert, budget, payload)
+        except Exception as exc:  # SMTP errors come in many types; all of them are worth a retry
+            failures.append(f"email: {type(exc).__name__}: {exc}")
+    if budget.webhook_url and alert.webhook_sent_at is None:
+        try:
+            _post_alert_webhook(alert, budget, payload)
+        except AlertDeliveryError as exc:
+            failures.append(f"webhook: {exc}")
+    BudgetAlert.objects.filter(pk=alert.pk).update(last_error="; ".join(failures)[:1000])
+    if failures:
+        raise AlertDeliveryError("; ".join(failures))
+
+
+def _send_alert_email(alert: BudgetAlert, budget: TenantBudget, payload: dict[str, Any]) -> None:
+    from django.core.mail import send_mail
+
+    send_mail(
+        subject=f"[{alert.tenant.name}] {alert.threshold_percent}% of the {payload['month']} budget used",
+        message=f"Spent ${payload['spent_usd']} of ${payload['budget_usd']} "
+        f"({alert.threshold_percent}% threshold crossed).",
+        from_email=None,
+        recipient_list=budget.alert_emails,
+    )
+    BudgetAlert.objects.filter(pk=alert.pk).update(email_sent_at=timezone.now())
+
+
+def _post_alert_webhook(alert: BudgetAlert, budget: TenantBudget, payload: dict[str, Any]) -> None:
+    import httpx
+
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
@@ -654,16 +688,15 @@ def budget_alert_deliver(*, alert_id: int) -> None:
         ),
         "Idempotency-Key": payload["id"],
     }
-    BudgetAlert.objects.filter(pk=alert.pk).update(webhook_attempts=alert.webhook_attempts + 1)
+    BudgetAlert.objects.filter(pk=alert.pk).update(webhook_attempts=F("webhook_attempts") + 1)
     try:
         response = httpx.post(
             budget.webhook_url, content=body, headers=headers, timeout=settings.BUDGET_WEBHOOK_TIMEOUT_SECONDS
         )
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        BudgetAlert.objects.filter(pk=alert.pk).update(last_error=f"{type(exc).__name__}: {exc}"[:1000])
-        raise WebhookDeliveryError(str(exc)) from exc
-    BudgetAlert.objects.filter(pk=alert.pk).update(webhook_sent_at=timezone.now(), last_error="")
+        raise AlertDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+    BudgetAlert.objects.filter(pk=alert.pk).update(webhook_sent_at=timezone.now())
 
 
 # --- invoices -------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from billing.services import (
-    WebhookDeliveryError,
+    AlertDeliveryError,
     budget_alert_deliver,
     invoices_finalize_due,
     invoices_generate_for_period,
@@ -16,7 +16,7 @@ from billing.services import (
 
 
 @shared_task(
-    autoretry_for=(WebhookDeliveryError,),
+    autoretry_for=(AlertDeliveryError,),
     retry_backoff=5,
     retry_backoff_max=900,
     retry_jitter=True,

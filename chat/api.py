@@ -184,8 +184,11 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
             "message_count": getattr(conversation, "message_count", None),
         }
 
-    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Conversations, most recent first",
-                   operation_id="conversations_list")
+    @extend_schema(
+        responses=OpenApiTypes.OBJECT,
+        summary="Conversations, most recent first",
+        operation_id="conversations_list",
+    )
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response([self._summary(conversation) for conversation in page or []])

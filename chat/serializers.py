@@ -43,14 +43,16 @@ class OpenAIMessageSerializer(serializers.Serializer):
 
     def validate_content(self, value: Any) -> str:
         """A string, or a list of text parts ([{"type": "text", "text": ...}]); other parts are refused."""
-        if isinstance(value, str):
-            return value
         if isinstance(value, list) and all(
             isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
             for part in value
         ):
-            return "".join(part["text"] for part in value)
-        raise serializers.ValidationError("content must be a string or a list of text parts.")
+            value = "".join(part["text"] for part in value)
+        if not isinstance(value, str):
+            raise serializers.ValidationError("content must be a string or a list of text parts.")
+        if "\x00" in value:
+            raise serializers.ValidationError("content must not contain NUL characters.")
+        return value
 
 
 class StreamOptionsSerializer(serializers.Serializer):

@@ -39,7 +39,7 @@ from prompts.selectors import prompt_render, prompt_resolve
 from tenants.caching import StampedLocalCache
 from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
 from tenants.models import Tenant
-from tenants.ratelimits import token_rate_adjust, token_rate_reserve
+from tenants.ratelimits import TokenReservation, token_rate_adjust, token_rate_reserve
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,19 @@ class Prepared:
     prompt: dict[str, Any] | None
     cache_key: str | None
     estimated_tokens: int
+    tokens: TokenReservation | None = None  # taken from this minute's tokens-per-minute allowance
+
+
+def _take_tokens(tenant: Tenant, prepared: Prepared) -> None:
+    prepared.tokens = token_rate_reserve(
+        tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens
+    )
+
+
+def _return_tokens(tenant: Tenant, prepared: Prepared | None, used: int) -> None:
+    if prepared is not None and prepared.tokens is not None:
+        token_rate_adjust(tenant=tenant, reservation=prepared.tokens, used=used)
+        prepared.tokens = None
 
 
 def _guard_input(
@@ -501,11 +514,7 @@ def _finish(
             **_prompt_fields(prepared),
         )
         span.update(cost_nanos=charge.cost_nanos, charged=charge.entry_id is not None)
-    token_rate_adjust(
-        tenant=tenant,
-        reserved=prepared.estimated_tokens + prepared.max_tokens,
-        used=usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
-    )
+    _return_tokens(tenant, prepared, usage.input_tokens + usage.cached_input_tokens + usage.output_tokens)
     conversation_id = params.conversation_id
     if params.messages is None:
         conversation_id = conversation_record(
@@ -573,13 +582,14 @@ def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
     recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
     recorder.set(end_user=params.user)
     error: Exception | None = None
+    prepared: Prepared | None = None
     try:
         prepared = prepare(tenant=tenant, params=params, recorder=recorder)
         hit = _cached_answer(prepared, recorder)
         if hit is not None:
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"])
             return _serve_from_cache(tenant, prepared, hit, recorder)
-        token_rate_reserve(tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens)
+        _take_tokens(tenant, prepared)
         served: Served[Completion] = run_chain(
             targets=prepared.targets,
             request_for=lambda target: _provider_request(prepared, target),
@@ -602,6 +612,7 @@ def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
         )
     except Exception as exc:
         error = exc
+        _return_tokens(tenant, prepared, used=0)  # no call was charged: the minute's tokens come back
         raise
     finally:
         _close_trace(recorder, error)
@@ -617,7 +628,7 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
     plain error); failing after it yields StreamError, having charged what was delivered."""
     recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
     recorder.set(end_user=params.user, streamed=True)
-    error: Exception | None = None
+    prepared: Prepared | None = None
     try:
         prepared = prepare(tenant=tenant, params=params, recorder=recorder)
         hit = _cached_answer(prepared, recorder)
@@ -626,7 +637,7 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
             result = _serve_from_cache(tenant, prepared, hit, recorder)
             _close_trace(recorder, None)
             return iter([result.answer, result])
-        token_rate_reserve(tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens)
+        _take_tokens(tenant, prepared)
         served: Served[OpenStream] = run_chain(
             targets=prepared.targets,
             request_for=lambda target: _provider_request(prepared, target),
@@ -635,8 +646,8 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
             recorder=recorder,
         )
     except Exception as exc:
-        error = exc
-        _close_trace(recorder, error)
+        _return_tokens(tenant, prepared, used=0)
+        _close_trace(recorder, exc)
         raise
     recorder.set(time_to_first_token_ms=served.result.opened_at_ms)
     return _relay(tenant, prepared, recorder, served)

@@ -107,6 +107,12 @@ class LabelMoveForm(forms.Form):
     version = forms.IntegerField(min_value=1)
 
 
+def int_param(request: HttpRequest, name: str) -> int:
+    """A numeric query parameter, 0 when missing or not a number (no 500 for a hand-edited URL)."""
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() else 0
+
+
 def apply_domain_error(form: forms.Form, error: DomainError) -> None:
     field = (error.param or "").split(".")[0]
     form.add_error(field if field in form.fields else None, error.message)
@@ -259,7 +265,7 @@ class PromptTemplateAdmin(admin.ModelAdmin):
     def new_version_view(self, request: HttpRequest, template_id: int) -> HttpResponse:
         template = self._template(request, template_id, change=True)
         source = (
-            template.versions.filter(number=request.GET.get("from") or 0).first() or template.versions.first()
+            template.versions.filter(number=int_param(request, "from")).first() or template.versions.first()
         )
         initial = {}
         if source is not None:
@@ -323,7 +329,7 @@ class PromptTemplateAdmin(admin.ModelAdmin):
     def preview_view(self, request: HttpRequest, template_id: int) -> HttpResponse:
         template = self._template(request, template_id, change=False)
         version = (
-            template.versions.filter(number=request.GET.get("version") or 0).first()
+            template.versions.filter(number=int_param(request, "version")).first()
             or template.versions.first()
         )
         if version is None:
@@ -448,6 +454,12 @@ class ExperimentAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Experiment | None = None) -> list[str]:
         return [*self.readonly_fields, "template"] if obj else list(self.readonly_fields)
 
+    def has_change_permission(self, request: HttpRequest, obj: Experiment | None = None) -> bool:
+        """A stopped experiment is history: viewable, not editable."""
+        if obj is not None and obj.status == ExperimentStatus.STOPPED:
+            return False
+        return super().has_change_permission(request, obj)
+
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, str | list[str]]:
         return {"template": request.GET.get("template", "")}
 
@@ -471,7 +483,10 @@ class ExperimentAdmin(admin.ModelAdmin):
         for formset in formsets:  # the admin's change message reads what formset.save() would have set
             formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
-    @admin.action(description="Start selected draft experiments (stops the running one of each template)")
+    @admin.action(
+        description="Start selected draft experiments (stops the running one of each template)",
+        permissions=["change"],
+    )
     def start_experiments(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
         for experiment in queryset:
             try:
@@ -479,7 +494,7 @@ class ExperimentAdmin(admin.ModelAdmin):
             except DomainError as error:
                 self.message_user(request, error.message, messages.WARNING)
 
-    @admin.action(description="Stop selected experiments")
+    @admin.action(description="Stop selected experiments", permissions=["change"])
     def stop_experiments(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
         for experiment in queryset:
             try:

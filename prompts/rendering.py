@@ -7,6 +7,7 @@ value containing `{{ x }}` is inserted as text and never rendered again.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -93,6 +94,8 @@ def validate_model_config(config: Any) -> dict[str, Any]:
         return {}
     if not isinstance(config, dict):
         raise DomainError("model_config must be an object.", param="model_config")
+    if "\\u0000" in json.dumps(config):  # PostgreSQL cannot store NUL in jsonb or text
+        raise DomainError("model_config must not contain NUL characters.", param="model_config")
     unknown = sorted(set(config) - MODEL_CONFIG_KEYS)
     if unknown:
         raise DomainError(f"Unknown model_config keys: {', '.join(unknown)}.", param="model_config")
@@ -124,6 +127,8 @@ def _value_text(name: str, value: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         raise DomainError(f"Variable '{name}' must be a finite number.", param=f"variables.{name}")
     text = str(value)
+    if "\x00" in text:
+        raise DomainError(f"Variable '{name}' must not contain NUL characters.", param=f"variables.{name}")
     if len(text) > MAX_VALUE_CHARS:
         raise DomainError(
             f"Variable '{name}' is longer than {MAX_VALUE_CHARS} characters.", param=f"variables.{name}"

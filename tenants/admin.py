@@ -93,7 +93,10 @@ class ApiKeyCreateForm(forms.Form):
     )
     expires_at = forms.DateTimeField(required=False, help_text="Optional, e.g. 2027-01-31 23:59 (UTC).")
     requests_per_minute = forms.IntegerField(
-        required=False, min_value=1, help_text="Optional per-key limit; empty uses the tenant's."
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        help_text="Optional per-key limit; empty uses the tenant's.",
     )
 
 
@@ -202,7 +205,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke selected keys now")
+    @admin.action(description="Revoke selected keys now", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
         for api_key in queryset.select_related("tenant"):
@@ -213,7 +216,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 self.message_user(request, exc.message, messages.WARNING)
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
-    @admin.action(description="Rotate selected keys (old keys keep working for the grace period)")
+    @admin.action(
+        description="Rotate selected keys (old keys keep working for the grace period)",
+        permissions=["change"],
+    )
     def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         rotated = []
         for api_key in queryset.select_related("tenant"):

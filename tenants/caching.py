@@ -37,7 +37,9 @@ class StampedLocalCache(Generic[V]):
     def __init__(self, namespace: str, check_seconds: Callable[[], float]) -> None:
         self.namespace = namespace
         self.check_seconds = check_seconds
-        self._entries: dict[tuple[str, Hashable], _Entry[V]] = {}
+        # group -> key -> entry. Gunicorn threads share it: a group is dropped with one atomic pop,
+        # never by iterating while another thread inserts.
+        self._groups: dict[str, dict[Hashable, _Entry[V]]] = {}
 
     def _stamp_key(self, group: str) -> str:
         return f"stamp:{self.namespace}:{group}"
@@ -52,9 +54,8 @@ class StampedLocalCache(Generic[V]):
 
     def get(self, group: str, key: Hashable, load: Callable[[], V]) -> V:
         """The snapshot for (group, key); `group` is what one invalidation covers."""
-        entry_key = (group, key)
         now = time.monotonic()
-        entry = self._entries.get(entry_key)
+        entry = self._groups.get(group, {}).get(key)
         if entry is not None and now - entry.checked_at < self.check_seconds():
             return entry.value
         stamp = self._current_stamp(group)
@@ -62,22 +63,23 @@ class StampedLocalCache(Generic[V]):
             entry.checked_at = now
             return entry.value
         value = load()
-        self._entries[entry_key] = _Entry(value, stamp, now)
+        self._groups.setdefault(group, {})[key] = _Entry(value, stamp, now)
         return value
 
     def invalidate(self, group: str) -> None:
         def publish() -> None:
-            for entry_key in [entry_key for entry_key in self._entries if entry_key[0] == group]:
-                self._entries.pop(entry_key, None)
             try:
-                cache.set(self._stamp_key(group), uuid.uuid4().hex, timeout=None)
-            except CACHE_ERRORS:
-                logger.exception(
-                    "could not publish a %s change; workers re-check on their own", self.namespace
-                )
+                self._groups.pop(group, None)
+            finally:
+                try:
+                    cache.set(self._stamp_key(group), uuid.uuid4().hex, timeout=None)
+                except CACHE_ERRORS:
+                    logger.exception(
+                        "could not publish a %s change; workers re-check on their own", self.namespace
+                    )
 
         publish()
         transaction.on_commit(publish)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._groups.clear()

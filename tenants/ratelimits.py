@@ -128,7 +128,14 @@ def tokens_this_minute(*, tenant: Tenant) -> PolicyUsage:
     return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, int(count), reset)
 
 
-def token_rate_reserve(*, tenant: Tenant, tokens: int) -> PolicyUsage:
+@dataclass(frozen=True)
+class TokenReservation:
+    counter: str  # the minute window the tokens were taken from
+    tokens: int
+    usage: PolicyUsage
+
+
+def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
     """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
     window_end, reset = _token_window()
     counter = _token_counter_key(tenant, window_end)
@@ -145,16 +152,19 @@ def token_rate_reserve(*, tenant: Tenant, tokens: int) -> PolicyUsage:
             )
     except CACHE_ERRORS:
         logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
-        return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, 0, reset)
-    return PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
+        count = 0
+    return TokenReservation(
+        counter, tokens, PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
+    )
 
 
-def token_rate_adjust(*, tenant: Tenant, reserved: int, used: int) -> None:
-    """After the call: replace the reserved estimate by the tokens really used."""
+def token_rate_adjust(*, tenant: Tenant, reservation: TokenReservation, used: int) -> None:
+    """After the call: replace the estimate by the tokens really used, in the window it was taken
+    from. Once that minute is over its counter no longer matters, and the next is left alone."""
     window_end, _ = _token_window()
-    counter = _token_counter_key(tenant, window_end)
+    if reservation.counter != _token_counter_key(tenant, window_end):
+        return
     try:
-        cache.add(counter, 0, WINDOW_SECONDS + 5)
-        cache.incr(counter, used - reserved)
+        cache.incr(reservation.counter, used - reservation.tokens)
     except (*CACHE_ERRORS, ValueError):
         logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)

@@ -55,7 +55,9 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=len(Scope.choices)
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    requests_per_minute = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    requests_per_minute = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000
+    )
 
 
 class ApiKeyRotateSerializer(serializers.Serializer):

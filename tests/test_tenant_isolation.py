@@ -14,8 +14,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from billing.models import Invoice
-from chat.models import Conversation, Message
 from billing.services import invoice_finalize, invoice_generate, usage_record
+from chat.models import Conversation, Message
 from prompts.models import PromptTemplate
 from prompts.services import experiment_start, prompt_template_create, prompt_version_create
 from tenants.models import ApiKey, Scope, Tenant

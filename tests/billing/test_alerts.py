@@ -10,10 +10,18 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from django.core import mail
+from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connections
 
 from billing.models import BudgetAlert
-from billing.services import budget_reserve, budget_settle, budget_update, webhook_signature
+from billing.services import (
+    AlertDeliveryError,
+    budget_alert_deliver,
+    budget_reserve,
+    budget_settle,
+    budget_update,
+    webhook_signature,
+)
 from billing.tasks import deliver_budget_alert
 from config.celery import app as celery_app
 
@@ -151,3 +159,41 @@ def test_concurrent_crossings_send_one_alert_per_threshold(tenant):
         list(pool.map(cross, range(16)))
     # $0.49 + 16 * $0.02 = $0.81: 50 % and 80 % crossed, each alerted exactly once.
     assert sorted(BudgetAlert.objects.values_list("threshold_percent", flat=True)) == [50, 80]
+
+
+class BrokenEmailBackend(BaseEmailBackend):
+    def send_messages(self, email_messages):  # type: ignore[no-untyped-def]
+        raise OSError("SMTP server unreachable")
+
+
+def test_an_email_failure_neither_blocks_the_webhook_nor_is_forgotten(tenant, settings):
+    receiver = WebhookReceiver()
+    try:
+        budget_update(
+            tenant=tenant,
+            actor="t",
+            monthly_budget_usd=Decimal("1.00"),
+            alert_emails=["ops@acme.test"],
+            webhook_url=receiver.url,
+        )
+        alert = BudgetAlert.objects.create(
+            tenant=tenant,
+            month="2026-01-01",
+            threshold_percent=50,
+            spent_nanos=500_000_000,
+            budget_nanos=10**9,
+        )
+        settings.EMAIL_BACKEND = "tests.billing.test_alerts.BrokenEmailBackend"
+        with pytest.raises(AlertDeliveryError, match="email"):
+            budget_alert_deliver(alert_id=alert.pk)
+        alert.refresh_from_db()
+        assert alert.webhook_sent_at is not None
+        assert alert.email_sent_at is None
+        settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+        budget_alert_deliver(alert_id=alert.pk)  # the retry
+    finally:
+        receiver.close()
+    alert.refresh_from_db()
+    assert alert.email_sent_at is not None
+    assert len(receiver.requests) == 1
+    assert len(mail.outbox) == 1

@@ -203,3 +203,46 @@ def test_admin_budget_edit_goes_through_the_service(admin_client, tenant):
     budget.refresh_from_db()
     assert budget.monthly_budget_usd == Decimal("12.00")
     assert budget.alert_thresholds == [50, 90]
+
+
+def test_far_dates_are_400_not_500(billing_client):
+    response = billing_client.get("/api/v1/usage?from=9999-12-30&to=9999-12-31")
+    assert response.status_code == 400
+
+
+def test_admin_budget_form_rejects_bad_values_without_500(admin_client, tenant):
+    budget = TenantBudget.objects.create(tenant=tenant)
+    response = admin_client.post(
+        f"/admin/billing/tenantbudget/{budget.pk}/change/",
+        {
+            "tenant": tenant.pk,
+            "monthly_budget_usd": "-5",
+            "daily_budget_usd": "",
+            "hard_limit": "on",
+            "alert_thresholds": "0,5000",
+            "alert_emails": "",
+            "webhook_url": "",
+        },
+    )
+    assert response.status_code == 200
+    budget.refresh_from_db()
+    assert budget.monthly_budget_usd is None
+
+
+def test_admin_invoice_urls_with_bad_ids_are_404(admin_client, db):
+    assert admin_client.get("/admin/billing/invoice/999999/pdf/").status_code == 404
+    assert admin_client.get("/admin/billing/invoice/999999/void/").status_code == 404
+    assert admin_client.get("/admin/billing/invoice/usage/?tenant=abc").status_code == 200
+
+
+def test_view_only_staff_cannot_void_generate_or_finalize(client, tenant, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    invoice = finalized_invoice(tenant)
+    viewer = django_user_model.objects.create_user("viewer", password="pw-for-tests", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_invoice"))
+    client.force_login(viewer)
+    assert client.get(f"/admin/billing/invoice/{invoice.pk}/pdf/").status_code == 200
+    assert client.post(f"/admin/billing/invoice/{invoice.pk}/void/", {"reason": "x"}).status_code == 403
+    assert client.post("/admin/billing/invoice/generate/", {"period": "2026-01"}).status_code == 403
+    assert Invoice.objects.get(pk=invoice.pk).status == "finalized"

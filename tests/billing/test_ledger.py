@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -248,3 +249,56 @@ def test_64_concurrent_requests_never_overspend_and_release_everything(tenant):
     assert not Reservation.objects.exists()
     assert outcomes.count("refused") > 0
     assert outcomes.count("charged") == UsageEntry.objects.filter(tenant=tenant).count()
+
+
+def test_sweep_releases_expired_reservations_of_different_days(budget_tenant):
+    first = reserve(budget_tenant)
+    second = reserve(budget_tenant)
+    balance = period(budget_tenant)
+    yesterday = balance.day - timedelta(days=1)
+    Reservation.objects.filter(pk=first.id).update(
+        day=yesterday, expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    Reservation.objects.filter(pk=second.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    BudgetPeriod.objects.filter(pk=balance.pk).update(
+        day_reserved_nanos=second.amount_nanos
+    )  # yesterday's left
+    reservations_sweep()
+    balance.refresh_from_db()
+    assert (balance.reserved_nanos, balance.tokens_reserved, balance.day_reserved_nanos) == (0, 0, 0)
+
+
+def test_reservation_takes_the_balance_rows_day(budget_tenant):
+    reserve(budget_tenant)
+    tomorrow = timezone.localdate() + timedelta(days=1)
+    # Another worker already passed midnight: the row is on tomorrow, with its day counters reset.
+    BudgetPeriod.objects.filter(tenant=budget_tenant).update(
+        day=tomorrow, day_reserved_nanos=0, day_spent_nanos=0
+    )
+    handle = reserve(budget_tenant)
+    assert Reservation.objects.get(pk=handle.id).day == tomorrow
+    budget_release(handle=handle)
+    assert period(budget_tenant).day_reserved_nanos == 0
+
+
+def test_a_call_settled_after_the_month_changed_is_charged_to_the_new_month(budget_tenant):
+    handle = reserve(budget_tenant)
+    current = period(budget_tenant)
+    last_month = (current.month - timedelta(days=1)).replace(day=1)
+    old = BudgetPeriod.objects.create(
+        tenant=budget_tenant,
+        month=last_month,
+        day=last_month,
+        reserved_nanos=handle.amount_nanos,
+        tokens_reserved=handle.tokens,
+    )
+    BudgetPeriod.objects.filter(pk=current.pk).update(
+        reserved_nanos=0, tokens_reserved=0, day_reserved_nanos=0
+    )
+    Reservation.objects.filter(pk=handle.id).update(period=old)
+    moved = dataclasses.replace(handle, period_id=old.pk, month=last_month)
+    charge = budget_settle(handle=moved, input_tokens=100, cached_input_tokens=0, output_tokens=100)
+    old.refresh_from_db()
+    current.refresh_from_db()
+    assert (old.reserved_nanos, old.spent_nanos) == (0, 0)
+    assert (current.spent_nanos, current.reserved_nanos) == (charge.cost_nanos, 0)

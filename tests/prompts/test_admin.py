@@ -153,3 +153,23 @@ def test_label_moves_from_services_show_in_admin_history(admin_client, two_versi
     )
     page = admin_client.get(f"/admin/prompts/prompttemplate/{two_versions.pk}/labels/").content.decode()
     assert "staging" in page
+
+
+def test_stopped_experiments_are_read_only_in_the_admin(admin_client, two_versions):
+    from prompts.services import experiment_start, experiment_stop
+
+    experiment = experiment_start(template=two_versions, variants=[(1, 50), (2, 50)], actor="t")
+    experiment_stop(experiment=experiment, actor="t")
+    page = admin_client.get(f"/admin/prompts/experiment/{experiment.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    response = admin_client.post(f"/admin/prompts/experiment/{experiment.pk}/change/", {"name": "renamed"})
+    assert response.status_code == 403
+    experiment.refresh_from_db()
+    assert experiment.name == ""
+
+
+def test_admin_pages_with_non_numeric_params_do_not_500(admin_client, two_versions):
+    base = f"/admin/prompts/prompttemplate/{two_versions.pk}"
+    for url in (f"{base}/preview/?version=abc", f"{base}/versions/new/?from=x", f"{base}/diff/?a=x&b=y"):
+        assert admin_client.get(url).status_code == 200, url

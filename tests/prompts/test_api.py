@@ -165,3 +165,13 @@ def test_another_tenants_prompt_is_invisible(other_tenant, api_client):
     assert api_client.get("/api/v1/prompts").json()["results"] == []
     assert api_client.get("/api/v1/prompts/secret").status_code == 404
     assert api_client.post("/api/v1/prompts/secret/render", {}, format="json").status_code == 404
+
+
+def test_nul_characters_are_400_not_500(api_client, chat_client):
+    bad = api_client.post("/api/v1/prompts", {**SUPPORT, "model_config": {"model": "a\u0000"}}, format="json")
+    assert bad.status_code == 400
+    api_client.post("/api/v1/prompts", SUPPORT, format="json")
+    response = chat_client.post(
+        "/api/v1/prompts/faq/render", {"variables": {"question": "a\u0000b"}}, format="json"
+    )
+    assert response.status_code == 400

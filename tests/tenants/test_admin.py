@@ -100,3 +100,17 @@ def test_admin_quota_edit_is_audited(admin_client, tenant):
     assert tenant.requests_per_minute == 77, response.content.decode()[:3000]
     event = AuditEvent.objects.get(action="tenant.update")
     assert event.changes["requests_per_minute"][1] == 77
+
+
+def test_view_only_staff_cannot_rotate_or_revoke_keys(client, tenant, make_key, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    api_key, raw_key = make_key(tenant)
+    viewer = django_user_model.objects.create_user("viewer", password="pw-for-tests", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_apikey"))
+    client.force_login(viewer)
+    for action in ("rotate_keys", "revoke_keys"):
+        response = client.post("/admin/tenants/apikey/", {"action": action, "_selected_action": [api_key.pk]})
+        assert not RAW_KEY.search(response.content.decode())
+    assert api_key_authenticate(raw_key=raw_key) is not None
+    assert ApiKey.objects.filter(tenant=tenant).count() == 1

@@ -246,3 +246,11 @@ def test_openapi_schema_and_docs_are_served(db, client):
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content
     assert b"cdn.jsdelivr" not in docs.content
+
+
+def test_huge_per_key_limit_is_400(api_client):
+    response = api_client.post(
+        "/api/v1/keys", {"name": "x", "scopes": ["chat"], "requests_per_minute": 3_000_000_000}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "requests_per_minute"

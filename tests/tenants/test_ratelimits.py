@@ -11,7 +11,13 @@ import pytest
 
 from tenants.errors import ApiError
 from tenants.models import Scope
-from tenants.ratelimits import request_usages, token_rate_adjust, token_rate_reserve, tokens_this_minute
+from tenants.ratelimits import (
+    TokenReservation,
+    request_usages,
+    token_rate_adjust,
+    token_rate_reserve,
+    tokens_this_minute,
+)
 from tests.conftest import client_with_key
 
 RATELIMIT_FIELD = re.compile(r'^"(?P<name>[a-z-]+)";r=(?P<remaining>\d+);t=(?P<reset>\d+)$')
@@ -93,16 +99,24 @@ def test_raising_the_quota_takes_effect_immediately(tenant, make_key):
 
 def test_token_reservation_is_all_or_nothing(tenant):
     tenant.tokens_per_minute = 1000
-    usage = token_rate_reserve(tenant=tenant, tokens=600)
-    assert usage.count == 600
+    reservation = token_rate_reserve(tenant=tenant, tokens=600)
+    assert reservation.usage.count == 600
     with pytest.raises(ApiError) as raised:
         token_rate_reserve(tenant=tenant, tokens=500)
     assert raised.value.status_code == 429
     assert raised.value.headers["Retry-After"]
     assert tokens_this_minute(tenant=tenant).count == 600  # the refused reservation took nothing
-    token_rate_adjust(tenant=tenant, reserved=600, used=250)
+    token_rate_adjust(tenant=tenant, reservation=reservation, used=250)
     assert tokens_this_minute(tenant=tenant).count == 250
-    assert token_rate_reserve(tenant=tenant, tokens=750).count == 1000
+    assert token_rate_reserve(tenant=tenant, tokens=750).usage.count == 1000
+
+
+def test_token_adjustment_never_touches_a_later_window(tenant):
+    tenant.tokens_per_minute = 1000
+    reservation = token_rate_reserve(tenant=tenant, tokens=600)
+    stale = TokenReservation(f"ratelimit:tpm:{tenant.pk}:0", 600, reservation.usage)  # a minute long gone
+    token_rate_adjust(tenant=tenant, reservation=stale, used=10)
+    assert tokens_this_minute(tenant=tenant).count == 600
 
 
 def test_concurrent_token_reservations_never_exceed_the_limit(tenant):
