@@ -162,7 +162,7 @@ def test_concurrent_crossings_send_one_alert_per_threshold(tenant):
 
 
 class BrokenEmailBackend(BaseEmailBackend):
-    def send_messages(self, email_messages):  # type: ignore[no-untyped-def]
+    def send_messages(self, email_messages):
         raise OSError("SMTP server unreachable")
 
 
