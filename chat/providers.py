@@ -137,13 +137,6 @@ class Provider(Protocol):
         ...
 
 
-# Both SDKs take the same Timeout type (their HTTP client's), so connect and total are set apart.
-def _timeout() -> openai.Timeout:
-    return openai.Timeout(
-        settings.CHAT_REQUEST_TIMEOUT_SECONDS, connect=settings.CHAT_CONNECT_TIMEOUT_SECONDS
-    )
-
-
 def _stream_timeout() -> openai.Timeout:
     # A stream's reads wait at most the time-to-first-token budget (then the same gap between chunks).
     return openai.Timeout(
@@ -151,16 +144,34 @@ def _stream_timeout() -> openai.Timeout:
     )
 
 
+# One client (and connection pool) per configuration, shared by the process's threads. Both SDKs
+# take the same Timeout type (their HTTP client's), so connect and total are set apart.
+@functools.lru_cache(maxsize=8)
+def _openai_client(api_key: str, base_url: str | None, total: float, connect: float) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=api_key, base_url=base_url, max_retries=0, timeout=openai.Timeout(total, connect=connect)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _anthropic_client(
+    api_key: str, base_url: str | None, total: float, connect: float
+) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key=api_key, base_url=base_url, max_retries=0, timeout=anthropic.Timeout(total, connect=connect)
+    )
+
+
 class OpenAIProvider:
     name = "openai"
 
-    @functools.cached_property
+    @property
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(
-            api_key=settings.OPENAI_API_KEY or "unset",
-            base_url=settings.OPENAI_BASE_URL,
-            max_retries=0,
-            timeout=_timeout(),
+        return _openai_client(
+            settings.OPENAI_API_KEY or "unset",
+            settings.OPENAI_BASE_URL,
+            settings.CHAT_REQUEST_TIMEOUT_SECONDS,
+            settings.CHAT_CONNECT_TIMEOUT_SECONDS,
         )
 
     def _params(self, request: ProviderRequest) -> dict[str, Any]:
@@ -201,27 +212,32 @@ class OpenAIProvider:
                 stream_options={"include_usage": True},
                 timeout=_stream_timeout(),
             )
+            finished = False
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finished = True
                 if chunk.usage is not None:
                     yield self._usage(chunk.usage)
         except ProviderError:
             raise
         except Exception as exc:
             raise classify(exc) from exc
+        if not finished:  # the connection closed without a finish_reason: the answer is cut
+            raise ProviderError("connection", "the stream ended before the answer finished")
 
 
 class AnthropicProvider:
     name = "anthropic"
 
-    @functools.cached_property
+    @property
     def client(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
-            api_key=settings.ANTHROPIC_API_KEY or "unset",
-            base_url=settings.ANTHROPIC_BASE_URL,
-            max_retries=0,
-            timeout=_timeout(),
+        return _anthropic_client(
+            settings.ANTHROPIC_API_KEY or "unset",
+            settings.ANTHROPIC_BASE_URL,
+            settings.CHAT_REQUEST_TIMEOUT_SECONDS,
+            settings.CHAT_CONNECT_TIMEOUT_SECONDS,
         )
 
     @staticmethod
@@ -280,8 +296,9 @@ class AnthropicProvider:
                     finished = True
         except Exception as exc:
             raise classify(exc) from exc
-        if finished:
-            yield Usage(input_tokens, cached, output_tokens)
+        if not finished:  # Anthropic always ends with message_stop: without it the answer is cut
+            raise ProviderError("connection", "the stream ended before the answer finished")
+        yield Usage(input_tokens, cached, output_tokens)
 
 
 CONTEXT_MARKER = "Context:"

@@ -1,0 +1,217 @@
+"""The fallback chain against fake upstreams through the real SDKs: retries, fallbacks, the
+breaker, and the ledger after every fault (charged once or not at all, nothing left reserved)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from billing.models import BudgetPeriod, Reservation, UsageEntry
+from chat.circuit import circuit_state
+from monitoring.models import Span, Trace
+
+
+def ask(chat_client, **body):
+    return chat_client.post(
+        "/api/v1/chat", {"message": "What is the capital of France?", **body}, format="json"
+    )
+
+
+def provider_spans(response) -> list[tuple[str, str, str]]:
+    trace = Trace.objects.get(pk=response.json()["trace_id"])
+    return [
+        (s.attributes.get("provider"), s.status, s.attributes.get("error_kind", ""))
+        for s in Span.objects.filter(trace=trace, name="provider").order_by("ordinal")
+    ]
+
+
+def assert_settled_once(tenant, response) -> None:
+    entries = UsageEntry.objects.filter(tenant=tenant, request_id=response.json()["id"])
+    assert entries.count() == 1
+    assert not Reservation.objects.exists()
+    balance = BudgetPeriod.objects.get(tenant=tenant)
+    assert balance.reserved_nanos == 0
+    assert balance.spent_nanos == entries.get().cost_nanos
+
+
+def test_happy_path_through_the_openai_sdk(tenant, chat_client, upstreams):
+    openai_server, _ = upstreams
+    response = ask(chat_client)
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["answer"] == "Paris is the capital of France."
+    assert (body["provider"], body["model"]) == ("openai", "gpt-4o-mini")
+    assert body["usage"] == {
+        "input_tokens": 25,
+        "cached_input_tokens": 5,
+        "output_tokens": 8,
+        "cost_usd": "0.000008925",
+    }  # 25*0.15 + 5*0.075 + 8*0.60 micro-USD
+    assert openai_server.requests[0]["body"]["messages"][-1] == {
+        "role": "user",
+        "content": "What is the capital of France?",
+    }
+    assert openai_server.requests[0]["headers"]["authorization"] == "Bearer test-openai-key"
+    assert_settled_once(tenant, response)
+
+
+def test_500_is_retried_then_succeeds(tenant, chat_client, upstreams):
+    openai_server, _ = upstreams
+    openai_server.then("500")
+    response = ask(chat_client)
+    assert response.json()["provider"] == "openai"
+    assert provider_spans(response) == [("openai", "error", "server"), ("openai", "ok", "")]
+    assert len(openai_server.requests) == 2  # the SDK's own retries are off: every attempt is ours
+    assert_settled_once(tenant, response)
+
+
+def test_429_honours_retry_after_and_retries(tenant, chat_client, upstreams):
+    openai_server, _ = upstreams
+    openai_server.then("429")
+    response = ask(chat_client)
+    assert provider_spans(response) == [("openai", "error", "rate_limited"), ("openai", "ok", "")]
+    assert_settled_once(tenant, response)
+
+
+def test_timeouts_fall_back_to_anthropic(tenant, chat_client, upstreams):
+    openai_server, anthropic_server = upstreams
+    openai_server.then("hang", "hang")
+    response = ask(chat_client)
+    assert response.json()["provider"] == "anthropic"
+    assert provider_spans(response) == [
+        ("openai", "error", "timeout"),
+        ("openai", "error", "timeout"),
+        ("anthropic", "ok", ""),
+    ]
+    assert anthropic_server.requests[0]["body"]["messages"] == [
+        {"role": "user", "content": "What is the capital of France?"}
+    ]
+    assert_settled_once(tenant, response)
+    assert UsageEntry.objects.get(tenant=tenant).model == "claude-haiku-4-5"
+
+
+def test_malformed_json_falls_back_without_retry_and_529_reaches_local(tenant, chat_client, upstreams):
+    openai_server, anthropic_server = upstreams
+    openai_server.then("malformed")
+    anthropic_server.then("529", "529")
+    response = ask(chat_client)
+    body = response.json()
+    assert (body["provider"], body["model"]) == ("local", "local")
+    assert provider_spans(response) == [
+        ("openai", "error", "malformed"),
+        ("anthropic", "error", "server"),
+        ("anthropic", "error", "server"),
+        ("local", "ok", ""),
+    ]
+    assert_settled_once(tenant, response)
+
+
+def test_a_request_the_provider_rejects_is_400_and_not_charged(tenant, chat_client, upstreams):
+    openai_server, anthropic_server = upstreams
+    openai_server.then("400")
+    response = ask(chat_client)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "provider_rejected_request"
+    assert not anthropic_server.requests
+    assert not UsageEntry.objects.exists()
+    assert BudgetPeriod.objects.get(tenant=tenant).reserved_nanos == 0
+
+
+def test_when_every_provider_fails_nothing_is_charged(tenant, chat_client, upstreams, settings):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"]
+    openai_server, anthropic_server = upstreams
+    openai_server.then("500", "500")
+    anthropic_server.then("401")
+    response = ask(chat_client)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert "anthropic:claude-haiku-4-5" in response.json()["error"]["message"]
+    assert not UsageEntry.objects.exists()
+    assert BudgetPeriod.objects.get(tenant=tenant).reserved_nanos == 0
+    assert Trace.objects.get().status == "error"
+
+
+def test_circuit_opens_skips_the_provider_then_half_opens(tenant, chat_client, upstreams, settings):
+    settings.CIRCUIT_FAILURE_THRESHOLD = 2
+    settings.CIRCUIT_COOLDOWN_SECONDS = 1
+    openai_server, _ = upstreams
+    openai_server.then("500", "500")
+    first = ask(chat_client)  # two failures: the circuit opens, anthropic answers
+    assert first.json()["provider"] == "anthropic"
+    assert circuit_state("openai:gpt-4o-mini").state == "open"
+    calls = len(openai_server.requests)
+    second = ask(chat_client)
+    assert second.json()["provider"] == "anthropic"
+    assert len(openai_server.requests) == calls  # skipped, not called
+    assert ("openai", "skipped", "") in provider_spans(second)
+    time.sleep(1.1)
+    third = ask(chat_client)  # half-open probe succeeds and closes the circuit
+    assert third.json()["provider"] == "openai"
+    assert circuit_state("openai:gpt-4o-mini").state == "closed"
+
+
+def test_budget_exceeded_is_402_before_any_provider_call(tenant, chat_client, upstreams):
+    from decimal import Decimal
+
+    from billing.services import budget_update
+
+    openai_server, _ = upstreams
+    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("0.00"))
+    response = ask(chat_client)
+    assert response.status_code == 402
+    assert response.json()["error"]["type"] == "budget_exceeded"
+    assert not openai_server.requests
+    assert Trace.objects.get().status == "refused"
+
+
+@pytest.mark.parametrize("behaviour", ["cut:3", "no_usage"])
+def test_streams_are_charged_once_even_when_cut_or_without_usage(tenant, chat_client, upstreams, behaviour):
+    openai_server, _ = upstreams
+    openai_server.then(behaviour)
+    response = ask(chat_client, stream=True)
+    assert response["Content-Type"].startswith("text/event-stream")
+    events = parse_sse(b"".join(response.streaming_content).decode())
+    deltas = "".join(data["text"] for name, data in events if name == "delta")
+    final_name, final = events[-1]
+    entry = UsageEntry.objects.get(tenant=tenant)
+    if behaviour == "cut:3":
+        assert deltas == "Paris is the"
+        assert final_name == "error"
+        assert final["error"]["code"] == "stream_interrupted"
+    else:
+        assert deltas == "Paris is the capital of France."
+        assert final_name == "done"
+    assert entry.output_tokens == (len(deltas) + 3) // 4  # counted by us: no provider usage arrived
+    assert not Reservation.objects.exists()
+    assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos
+
+
+def test_stream_failure_before_the_first_token_falls_back(tenant, chat_client, upstreams):
+    openai_server, anthropic_server = upstreams
+    openai_server.then("500", "500")
+    response = ask(chat_client, stream=True)
+    events = parse_sse(b"".join(response.streaming_content).decode())
+    assert (
+        "".join(data["text"] for name, data in events if name == "delta") == "Paris is the capital of France."
+    )
+    done = events[-1][1]
+    assert done["provider"] == "anthropic"
+    assert done["usage"]["output_tokens"] == 8  # the provider's own usage
+    assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8
+
+
+def parse_sse(text: str) -> list[tuple[str, dict]]:
+    import json
+
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", None
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+        if data and data != "[DONE]":
+            events.append((name, json.loads(data)))
+    return events

@@ -1,0 +1,275 @@
+"""Fake OpenAI and Anthropic servers on 127.0.0.1: real HTTP, the providers' real JSON and SSE
+formats, for the real SDKs to talk to. Each server plays a script of behaviours, one per request
+(then "ok" forever), so a test says exactly which faults happen in which order:
+
+    ok | hang | 429 | 500 | 529 | 400 | 401 | malformed | cut:N (stream N deltas, then drop) | no_usage
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DEFAULT_ANSWER = "Paris is the capital of France."
+
+
+class FakeLLMServer:
+    def __init__(self, kind: str) -> None:
+        assert kind in ("openai", "anthropic")
+        self.kind = kind
+        self.script: deque[str] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.answer = DEFAULT_ANSWER
+        self.usage = (25, 5, 8)  # uncached input, cached input, output
+        self.hang_seconds = 3.0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                server.requests.append({"path": self.path, "body": body, "headers": headers})
+                behaviour = server.script.popleft() if server.script else "ok"
+                server.respond(self, behaviour, body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.port = self.http.server_port
+        self.base_url = f"http://127.0.0.1:{self.port}" + ("/v1" if kind == "openai" else "")
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+    def then(self, *behaviours: str) -> FakeLLMServer:
+        self.script.extend(behaviours)
+        return self
+
+    # --- responses ------------------------------------------------------------------------------
+
+    def respond(self, handler: BaseHTTPRequestHandler, behaviour: str, body: dict[str, Any]) -> None:
+        if behaviour == "hang":
+            time.sleep(self.hang_seconds)
+            behaviour = "ok"
+        if behaviour in ("429", "500", "529", "400", "401"):
+            return self._error(handler, int(behaviour))
+        if behaviour == "malformed":
+            return self._raw(handler, 200, b'{"id": "x", "choices": [', "application/json")
+        if body.get("stream"):
+            return self._stream(handler, behaviour, body)
+        return self._raw(handler, 200, json.dumps(self._message(body)).encode(), "application/json")
+
+    def _raw(
+        self,
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def _error(self, handler: BaseHTTPRequestHandler, status: int) -> None:
+        kinds = {
+            429: "rate_limit_error",
+            500: "api_error",
+            529: "overloaded_error",
+            400: "invalid_request_error",
+            401: "authentication_error",
+        }
+        message = {"message": f"fake {status}", "type": kinds[status]}
+        payload = {"type": "error", "error": message} if self.kind == "anthropic" else {"error": message}
+        headers = (
+            {"retry-after": "0", "x-should-retry": "false"} if status == 429 else {"x-should-retry": "false"}
+        )
+        self._raw(handler, status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _message(self, body: dict[str, Any]) -> dict[str, Any]:
+        uncached, cached, output = self.usage
+        if self.kind == "openai":
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self.answer},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": uncached + cached,
+                    "completion_tokens": output,
+                    "total_tokens": uncached + cached + output,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                },
+            }
+        return {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": self.answer}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": uncached,
+                "output_tokens": output,
+                "cache_read_input_tokens": cached,
+                "cache_creation_input_tokens": 0,
+            },
+        }
+
+    def _stream(self, handler: BaseHTTPRequestHandler, behaviour: str, body: dict[str, Any]) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        words = self.answer.split(" ")
+        deltas = [word if index == 0 else " " + word for index, word in enumerate(words)]
+        cut = int(behaviour.split(":")[1]) if behaviour.startswith("cut:") else None
+        events = (
+            self._openai_events(body, deltas, behaviour)
+            if self.kind == "openai"
+            else self._anthropic_events(body, deltas, behaviour)
+        )
+        sent_deltas = 0
+        for name, data, is_delta in events:
+            if cut is not None and is_delta and sent_deltas == cut:
+                handler.wfile.flush()
+                handler.connection.shutdown(2)  # drop the connection mid-stream
+                return
+            head = f"event: {name}\n" if name else ""
+            handler.wfile.write(f"{head}data: {data}\n\n".encode())
+            handler.wfile.flush()
+            sent_deltas += is_delta
+
+    def _openai_events(
+        self, body: dict[str, Any], deltas: list[str], behaviour: str
+    ) -> list[tuple[str | None, str, bool]]:
+        uncached, cached, output = self.usage
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        events: list[tuple[str | None, str, bool]] = [
+            (
+                None,
+                json.dumps(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                        ],
+                    }
+                ),
+                False,
+            )
+        ]
+        events += [
+            (
+                None,
+                json.dumps(
+                    {**base, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}
+                ),
+                True,
+            )
+            for delta in deltas
+        ]
+        events.append(
+            (
+                None,
+                json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                False,
+            )
+        )
+        if behaviour != "no_usage" and (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "prompt_tokens": uncached + cached,
+                "completion_tokens": output,
+                "total_tokens": uncached + cached + output,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            }
+            events.append((None, json.dumps({**base, "choices": [], "usage": usage}), False))
+        events.append((None, "[DONE]", False))
+        return events
+
+    def _anthropic_events(
+        self, body: dict[str, Any], deltas: list[str], behaviour: str
+    ) -> list[tuple[str | None, str, bool]]:
+        uncached, cached, output = self.usage
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": uncached, "output_tokens": 1, "cache_read_input_tokens": cached},
+            },
+        }
+        events: list[tuple[str | None, str, bool]] = [
+            ("message_start", json.dumps(start), False),
+            (
+                "content_block_start",
+                json.dumps(
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+                ),
+                False,
+            ),
+        ]
+        events += [
+            (
+                "content_block_delta",
+                json.dumps(
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": delta},
+                    }
+                ),
+                True,
+            )
+            for delta in deltas
+        ]
+        events.append(("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0}), False))
+        if behaviour != "no_usage":
+            events.append(
+                (
+                    "message_delta",
+                    json.dumps(
+                        {
+                            "type": "message_delta",
+                            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "usage": {"output_tokens": output},
+                        }
+                    ),
+                    False,
+                )
+            )
+            events.append(("message_stop", json.dumps({"type": "message_stop"}), False))
+        return events
