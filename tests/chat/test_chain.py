@@ -188,7 +188,7 @@ def test_streams_are_charged_once_even_when_cut_or_without_usage(tenant, chat_cl
 
 
 def test_stream_failure_before_the_first_token_falls_back(tenant, chat_client, upstreams):
-    openai_server, anthropic_server = upstreams
+    openai_server, _ = upstreams
     openai_server.then("500", "500")
     response = ask(chat_client, stream=True)
     events = parse_sse(b"".join(response.streaming_content).decode())
