@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
 
 from billing.services import ReservationHandle, budget_release, budget_reserve, budget_settle, usage_record
 from chat.fallback import (
@@ -238,14 +239,17 @@ def conversation_record(
     usage: Usage,
     request_id: str,
 ) -> uuid.UUID:
-    conversation_id = conversation_id or uuid.uuid4()
+    """Stores the turn: two statements, a new conversation's INSERT or the existing one's UPDATE,
+    then both messages (the existing conversation was already checked by conversation_history)."""
     with transaction.atomic():
-        conversation, _ = Conversation.objects.update_or_create(
-            id=conversation_id,
-            tenant=tenant,
-            defaults={"end_user": user},
-            create_defaults={"end_user": user, "title": " ".join(question.split())[:120]},
-        )
+        if conversation_id is None:
+            conversation = Conversation.objects.create(
+                tenant=tenant, end_user=user, title=" ".join(question.split())[:120]
+            )
+        else:
+            changes: dict[str, Any] = {"updated_at": timezone.now(), **({"end_user": user} if user else {})}
+            Conversation.objects.filter(tenant=tenant, id=conversation_id).update(**changes)
+            conversation = Conversation(id=conversation_id, tenant=tenant)
         Message.objects.bulk_create(
             [
                 Message(
@@ -264,7 +268,7 @@ def conversation_record(
                 ),
             ]
         )
-    return conversation_id
+    return conversation.id
 
 
 def conversation_delete(*, tenant: Tenant, conversation_id: uuid.UUID) -> None:

@@ -1,0 +1,75 @@
+"""The official `openai` SDK, pointed at this server's /v1, works unchanged (both modes)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import openai
+import pytest
+
+from billing.models import UsageEntry
+from billing.services import budget_update
+from monitoring.models import Trace
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sdk(live_server, tenant, make_key, upstreams):
+    _, raw_key = make_key(tenant, scopes=["chat"])
+    return openai.OpenAI(api_key=raw_key, base_url=f"{live_server.url}/v1", max_retries=0)
+
+
+QUESTION = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Capital of France?"}]
+
+
+def test_chat_completions_through_the_openai_sdk(sdk, tenant, upstreams):
+    openai_server, _ = upstreams
+    completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, temperature=0.5)
+    assert completion.choices[0].message.content == "Paris is the capital of France."
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == "gpt-4o-mini"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (30, 8)
+    assert completion.usage.prompt_tokens_details.cached_tokens == 5
+    assert openai_server.requests[0]["body"]["messages"] == QUESTION
+    assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8
+    assert Trace.objects.get().endpoint == "openai"
+
+
+def test_streaming_with_include_usage_through_the_openai_sdk(sdk, tenant, upstreams):
+    stream = sdk.chat.completions.create(
+        model="gpt-4o-mini", messages=QUESTION, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "Paris is the capital of France."
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 8
+    assert UsageEntry.objects.filter(tenant=tenant).count() == 1
+
+
+def test_streaming_without_usage_option_sends_no_usage_chunk(sdk, upstreams):
+    chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, stream=True))
+    assert all(chunk.usage is None for chunk in chunks)
+
+
+def test_models_lists_the_tenants_allowed_models(sdk, tenant):
+    tenant.allowed_models = ["gpt-4o*", "local"]
+    tenant.save()
+    ids = {model.id for model in sdk.models.list()}
+    assert {"gpt-4o", "gpt-4o-mini", "local"} <= ids
+    assert "claude-haiku-4-5" not in ids
+
+
+def test_errors_reach_the_sdk_in_openai_shape(sdk, live_server, tenant):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="tk_nope", base_url=f"{live_server.url}/v1", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=[])
+    assert bad.value.body["param"] == "messages"
+    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("0.00"))
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+    assert refused.value.status_code == 402
+    assert refused.value.body["type"] == "budget_exceeded"
