@@ -9,3 +9,9 @@ class ChatConfig(AppConfig):
     name = "chat"
     verbose_name = "Chat"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from chat.selectors import known_circuits
+        from monitoring.health import register_status_section
+
+        register_status_section("circuits", lambda: {c.target: c.state for c in known_circuits()})

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from monitoring.health import run_health_checks
+from monitoring.health import run_health_checks, status_sections
 from tenants.errors import json_error_response
 
 
@@ -30,7 +30,12 @@ class HealthView(APIView):
     def get(self, request: Request) -> Response:
         checks = run_health_checks()
         failed = [name for name, result in checks.items() if result["status"] != "ok"]
-        body = {"status": "fail" if failed else "ok", "failed": failed, "checks": checks}
+        body = {
+            "status": "fail" if failed else "ok",
+            "failed": failed,
+            "checks": checks,
+            **status_sections(),
+        }
         return Response(body, status=503 if failed else 200, headers={"Cache-Control": "no-store"})
 
 

@@ -63,3 +63,23 @@ def run_health_checks() -> dict[str, dict[str, object]]:
         if problem is not None:
             results[name]["error"] = problem
     return results
+
+
+# Informational sections other apps add to /health at start-up (chat adds its circuit breakers), so
+# monitoring depends on no app; they never fail the check.
+STATUS_SECTIONS: dict[str, Callable[[], object]] = {}
+
+
+def register_status_section(name: str, read: Callable[[], object]) -> None:
+    STATUS_SECTIONS[name] = read
+
+
+def status_sections() -> dict[str, object]:
+    sections: dict[str, object] = {}
+    for name, read in STATUS_SECTIONS.items():
+        try:
+            sections[name] = read()
+        except Exception:
+            logger.warning("could not read the %s status section", name, exc_info=True)
+            sections[name] = None
+    return sections

@@ -205,3 +205,42 @@ def test_trace_has_spans_and_queries_stay_bounded(tenant, chat_client, upstreams
     # reserve, settle, conversation, messages, trace, spans: everything else comes from per-process
     # caches. (The conversation and the trace are each written in one short transaction.)
     assert len(statements) <= 6, [sql[:60] for sql in statements]
+
+
+def test_circuits_show_in_health_and_admin(tenant, client, admin_client, chat_client, upstreams, settings):
+    settings.CIRCUIT_FAILURE_THRESHOLD = 1
+    openai_server, _ = upstreams
+    openai_server.then("500", "500")
+    ask(chat_client)
+    health = client.get("/health").json()
+    assert health["circuits"]["openai:gpt-4o-mini"] == "open"
+    assert health["circuits"]["local:local"] == "closed"
+    page = admin_client.get("/admin/chat/chatsettings/circuits/").content.decode()
+    assert "openai:gpt-4o-mini" in page
+    assert "open" in page
+
+
+def test_chain_and_routing_are_edited_in_the_admin(tenant, admin_client, chat_client, upstreams):
+    ask(chat_client)  # creates the tenant's settings with defaults
+    settings_row = tenant.chat_settings
+    form = {
+        "tenant": tenant.pk,
+        "fallback_chain": "anthropic:claude-haiku-4-5,local:local",
+        "routing_cheap_model": "",
+        "routing_max_chars": 400,
+        "routing_complex_keywords": "",
+        "cache_enabled": "on",
+        "cache_ttl_seconds": 60,
+        "max_input_chars": 1000,
+        "injection_policy": "flag",
+        "redact_output": ["email"],
+    }
+    bad = admin_client.post(
+        f"/admin/chat/chatsettings/{settings_row.pk}/change/", {**form, "fallback_chain": "x"}
+    )
+    assert bad.status_code == 200  # refused with a form error
+    ok = admin_client.post(f"/admin/chat/chatsettings/{settings_row.pk}/change/", form)
+    assert ok.status_code == 302
+    assert ask(chat_client).json()["provider"] == "anthropic"  # the change applies at once
+    assert admin_client.get("/admin/monitoring/trace/").status_code == 200
+    assert admin_client.get("/admin/chat/conversation/").status_code == 200
