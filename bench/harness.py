@@ -107,15 +107,15 @@ class LoadResult:
         return self.percentile(0.99)
 
 
-def _client(args: tuple[int, str, dict[str, str], float]) -> tuple[list[float], dict[int, int]]:
-    port, path, headers, seconds = args
+def _client(args: tuple[int, str, dict[str, str], float, bytes | None]) -> tuple[list[float], dict[int, int]]:
+    port, path, headers, seconds, body = args
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        connection.request("GET", path, headers=headers)
+        connection.request("GET" if body is None else "POST", path, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
         latencies.append((time.perf_counter() - started) * 1000)
@@ -125,10 +125,17 @@ def _client(args: tuple[int, str, dict[str, str], float]) -> tuple[list[float], 
 
 
 def load(
-    port: int, path: str, *, concurrency: int, seconds: float, headers: dict[str, str] | None = None
+    port: int,
+    path: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> LoadResult:
-    """`concurrency` client processes, each one keep-alive connection in a closed loop."""
-    args = [(port, path, headers or {}, seconds)] * concurrency
+    """`concurrency` client processes, each one keep-alive connection in a closed loop (GET, or a POST
+    of `body`)."""
+    args = [(port, path, headers or {}, seconds, body)] * concurrency
     started = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(concurrency) as pool:
         results = pool.map(_client, args)
@@ -139,6 +146,25 @@ def load(
         for status, count in part.items():
             statuses[status] = statuses.get(status, 0) + count
     return LoadResult(len(latencies), elapsed, latencies, statuses)
+
+
+def time_to_first_token(
+    port: int, path: str, *, body: bytes, headers: dict[str, str], requests: int, marker: bytes
+) -> list[float]:
+    """Milliseconds from sending a streaming request to the first SSE line containing `marker`."""
+    timings = []
+    for _ in range(requests):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        started = time.perf_counter()
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        while True:
+            line = response.fp.readline()
+            if not line or marker in line:
+                break
+        timings.append((time.perf_counter() - started) * 1000)
+        connection.close()
+    return timings
 
 
 def write_section(name: str, body: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -18,6 +19,9 @@ from django.core.cache import cache
 from tenants.errors import CACHE_ERRORS
 
 logger = logging.getLogger(__name__)
+
+# Whether the last circuit_allows() in this thread saw failure state (read by record_success).
+_dirty: ContextVar[bool] = ContextVar("circuit_dirty", default=True)
 
 
 def _keys(target: str) -> tuple[str, str, str]:
@@ -33,10 +37,16 @@ class CircuitState:
 
 
 def circuit_allows(target: str) -> bool:
-    """May a call go to `target` now? Claims the single half-open probe when the cooldown is over."""
-    _, open_key, probe_key = _keys(target)
+    """May a call go to `target` now? Claims the single half-open probe when the cooldown is over.
+
+    One round trip in the closed state; remembers whether the circuit had any failures, so that
+    circuit_record_success costs nothing when there is nothing to reset.
+    """
+    failures_key, open_key, probe_key = _keys(target)
     try:
-        open_until = cache.get(open_key)
+        state = cache.get_many([failures_key, open_key])
+        _dirty.set(bool(state))
+        open_until = state.get(open_key)
         if open_until is None:
             return True
         if time.time() < float(open_until):
@@ -48,9 +58,10 @@ def circuit_allows(target: str) -> bool:
 
 
 def circuit_record_success(target: str) -> None:
+    if not _dirty.get():
+        return
     try:
-        if cache.get(_keys(target)[1]) is not None or cache.get(_keys(target)[0]):
-            cache.delete_many(list(_keys(target)))
+        cache.delete_many(list(_keys(target)))
     except CACHE_ERRORS:
         logger.warning("circuit state unavailable for %s", target)
 

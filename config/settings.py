@@ -308,4 +308,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # The SDKs' HTTP clients log every request at INFO: traces and metrics already record them.
+    "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "openai", "anthropic")},
 }

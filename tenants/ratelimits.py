@@ -15,6 +15,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django_ratelimit.core import get_usage
+from django_redis import get_redis_connection
 
 from tenants.errors import CACHE_ERRORS, ApiError
 from tenants.models import ApiKey, Tenant
@@ -135,13 +136,22 @@ class TokenReservation:
     usage: PolicyUsage
 
 
+def _incr_with_expiry(counter: str, amount: int) -> int:
+    """INCRBY and EXPIRE in one round trip (django-redis stores integers as plain Redis integers)."""
+    key = cache.make_key(counter)
+    with get_redis_connection("default").pipeline() as pipe:
+        pipe.incrby(key, amount)
+        pipe.expire(key, WINDOW_SECONDS + 5)
+        count, _ = pipe.execute()
+    return int(count)
+
+
 def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
     """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
     window_end, reset = _token_window()
     counter = _token_counter_key(tenant, window_end)
     try:
-        cache.add(counter, 0, WINDOW_SECONDS + 5)
-        count = cache.incr(counter, tokens)
+        count = _incr_with_expiry(counter, tokens)
         if count > tenant.tokens_per_minute:
             cache.decr(counter, tokens)
             usage = PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)

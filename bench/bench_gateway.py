@@ -1,0 +1,160 @@
+"""Gateway overhead: POST /v1/chat/completions through the gateway (gunicorn as `make run` runs it)
+against the same request sent straight to a zero-delay fake OpenAI upstream, at concurrency 1 and
+16; database statements per chat request; streaming time to first token, gateway minus upstream.
+
+    make bench B=bench/bench_gateway.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from typing import TYPE_CHECKING
+
+from harness import BASE_DIR, gunicorn, load, machine_line, setup_django, time_to_first_token, write_section
+
+if TYPE_CHECKING:
+    from tenants.models import Tenant
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+TTFT_REQUESTS = 200
+
+
+def bench_tenant_key() -> tuple[Tenant, str]:
+    from billing.services import budget_update
+    from tenants.models import Scope, Tenant
+    from tenants.services import api_key_create, tenant_create
+
+    tenant = Tenant.objects.filter(slug="bench-gateway").first() or tenant_create(
+        name="Bench gateway", slug="bench-gateway", actor="bench"
+    )
+    Tenant.objects.filter(pk=tenant.pk).update(
+        requests_per_minute=2_000_000_000, tokens_per_minute=2_000_000_000, monthly_token_quota=None
+    )
+    tenant.refresh_from_db()
+    budget_update(tenant=tenant, actor="bench", monthly_budget_usd=None)
+    _, raw_key = api_key_create(tenant=tenant, name="bench", scopes=[Scope.CHAT], actor="bench")
+    return tenant, raw_key
+
+
+def statements_per_chat_request(tenant: Tenant) -> tuple[int, int]:
+    """(statements, transaction round trips) for one request in the steady state, in this process."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from chat.services import ChatParams, chat_complete
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat_complete(tenant=tenant, params=ChatParams(endpoint="bench", messages=messages))
+    with CaptureQueriesContext(connection) as queries:
+        chat_complete(
+            tenant=tenant,
+            params=ChatParams(
+                endpoint="bench",
+                messages=messages,
+                message="What is the capital of France?",
+            ),
+        )
+    sqls = [q["sql"] for q in queries.captured_queries]
+    return len([sql for sql in sqls if sql not in ("BEGIN", "COMMIT")]), len(
+        [sql for sql in sqls if sql == "COMMIT"]
+    )
+
+
+def main() -> None:
+    sys.path.insert(0, str(BASE_DIR))
+    from tests.fake_llm import FakeLLMServer
+
+    upstream = FakeLLMServer("openai")
+    env = {
+        "OPENAI_BASE_URL": upstream.base_url,
+        "OPENAI_API_KEY": "bench-key",
+        "CHAT_DEFAULT_FALLBACK_CHAIN": "openai:gpt-4o-mini",
+    }
+    os.environ.update(env)
+    setup_django()
+    tenant, raw_key = bench_tenant_key()
+    statements, transactions = statements_per_chat_request(tenant)
+    request = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    }
+    body = json.dumps(request).encode()
+    stream_body = json.dumps({**request, "stream": True}).encode()
+    json_headers = {"Content-Type": "application/json"}
+    gateway_headers = {**json_headers, "Authorization": f"Bearer {raw_key}"}
+    rows = []
+    with gunicorn(env) as port:
+        load(
+            port, "/v1/chat/completions", concurrency=2, seconds=1, headers=gateway_headers, body=body
+        )  # warm up
+        for concurrency in (1, 16):
+            direct = load(
+                upstream.port,
+                "/v1/chat/completions",
+                concurrency=concurrency,
+                seconds=SECONDS,
+                headers=json_headers,
+                body=body,
+            )
+            through = load(
+                port,
+                "/v1/chat/completions",
+                concurrency=concurrency,
+                seconds=SECONDS,
+                headers=gateway_headers,
+                body=body,
+            )
+            assert set(through.statuses) == {200}, through.statuses
+            rows.append((concurrency, direct, through))
+        direct_ttft = time_to_first_token(
+            upstream.port,
+            "/v1/chat/completions",
+            body=stream_body,
+            headers=json_headers,
+            requests=TTFT_REQUESTS,
+            marker=b'"content":"Paris',
+        )
+        gateway_ttft = time_to_first_token(
+            port,
+            "/v1/chat/completions",
+            body=stream_body,
+            headers=gateway_headers,
+            requests=TTFT_REQUESTS,
+            marker=b'"content":"Paris',
+        )
+    upstream.close()
+    direct_p50, gateway_p50 = statistics.median(direct_ttft), statistics.median(gateway_ttft)
+    lines = [
+        "## Gateway overhead (`bench/bench_gateway.py`)",
+        "",
+        f"{machine_line()}; gunicorn as `make run` configures it; zero-delay fake OpenAI upstream "
+        "(a Python HTTP server on the same 2 cores); non-streaming POST /v1/chat/completions, "
+        f"{SECONDS:.0f} s per cell; every gateway request runs auth, rate limits, guards, budget "
+        "reserve/settle, ledger and trace writes.",
+        "",
+        "| concurrency | upstream direct p50 / p99 ms | through gateway p50 / p99 ms | overhead p50 / p99 ms "
+        "| gateway req/s |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {c} | {d.p50:.2f} / {d.p99:.2f} | {g.p50:.2f} / {g.p99:.2f} "
+            f"| {g.p50 - d.p50:.2f} / {g.p99 - d.p99:.2f} | {g.rps:.0f} |"
+            for c, d, g in rows
+        ],
+        "",
+        f"Database statements per chat request (steady state): **{statements}**, in {transactions} short "
+        "transactions (target: at most 6 statements).",
+        "",
+        f"Streaming time to first token over {TTFT_REQUESTS} requests, p50: upstream {direct_p50:.2f} ms, "
+        f"through the gateway {gateway_p50:.2f} ms, overhead **{gateway_p50 - direct_p50:.2f} ms** "
+        "(target: at most 5 ms).",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    write_section("gateway", report)
+
+
+if __name__ == "__main__":
+    main()
