@@ -67,8 +67,8 @@ def result_data(result: ChatResult) -> dict[str, Any]:
     }
 
 
-class IdempotentChatMixin:
-    """Idempotency-Key (header or field) around a chat call that produces a JSON-able body."""
+class IdempotentChatView(TenantAPIView):
+    """Base of the chat endpoints: Idempotency-Key (header or field) around a chat call."""
 
     def idempotency(self, request: Request, tenant: Tenant, body: dict[str, Any]) -> tuple[str | None, str]:
         key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
@@ -81,8 +81,22 @@ class IdempotentChatMixin:
             )
         return key, body_fingerprint({k: v for k, v in body.items() if k != "idempotency_key"})
 
+    def answer_once(
+        self, key: str | None, fingerprint: str, produce: Callable[[], dict[str, Any]]
+    ) -> Response:
+        """Runs the call and keeps its body for replays of `key`; a failure frees the key for a retry."""
+        try:
+            body = produce()
+        except Exception:
+            if key is not None:
+                idempotency_abandon(tenant=self.tenant, key=key)
+            raise
+        if key is not None:
+            idempotency_complete(tenant=self.tenant, key=key, fingerprint=fingerprint, response=body)
+        return Response(body)
 
-class ChatView(IdempotentChatMixin, TenantAPIView):
+
+class ChatView(IdempotentChatView):
     required_scope = Scope.CHAT
 
     @extend_schema(
@@ -114,17 +128,16 @@ class ChatView(IdempotentChatMixin, TenantAPIView):
             top_p=data.get("top_p"),
             request_id=request_id_for(self.tenant, key) if key else uuid.uuid4().hex,
         )
-        try:
-            if data["stream"]:
+        if data["stream"]:
+            try:
                 return event_stream(self._sse(params, key, fingerprint))
-            body = result_data(chat_complete(tenant=self.tenant, params=params))
-        except Exception:
-            if key is not None:
-                idempotency_abandon(tenant=self.tenant, key=key)
-            raise
-        if key is not None:
-            idempotency_complete(tenant=self.tenant, key=key, fingerprint=fingerprint, response=body)
-        return Response(body)
+            except Exception:
+                if key is not None:
+                    idempotency_abandon(tenant=self.tenant, key=key)
+                raise
+        return self.answer_once(
+            key, fingerprint, lambda: result_data(chat_complete(tenant=self.tenant, params=params))
+        )
 
     def _sse(self, params: ChatParams, key: str | None, fingerprint: str) -> Iterator[str]:
         events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
@@ -249,7 +262,7 @@ def _openai_usage(result: ChatResult) -> dict[str, Any]:
     }
 
 
-class ChatCompletionsView(IdempotentChatMixin, TenantAPIView):
+class ChatCompletionsView(IdempotentChatView):
     """POST /v1/chat/completions, for the official `openai` SDK with base_url=<server>/v1."""
 
     required_scope = Scope.CHAT
@@ -288,15 +301,11 @@ class ChatCompletionsView(IdempotentChatMixin, TenantAPIView):
             include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
             events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
             return event_stream(self._chunks(events, params, created, data["model"], include_usage))
-        try:
-            body = completion_body(chat_complete(tenant=self.tenant, params=params), created)
-        except Exception:
-            if key is not None:
-                idempotency_abandon(tenant=self.tenant, key=key)
-            raise
-        if key is not None:
-            idempotency_complete(tenant=self.tenant, key=key, fingerprint=fingerprint, response=body)
-        return Response(body)
+        return self.answer_once(
+            key,
+            fingerprint,
+            lambda: completion_body(chat_complete(tenant=self.tenant, params=params), created),
+        )
 
     @staticmethod
     def _chunks(

@@ -11,9 +11,9 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -41,6 +41,8 @@ from tenants.caching import StampedLocalCache
 from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
 from tenants.models import Tenant
 from tenants.ratelimits import TokenReservation, token_rate_adjust, token_rate_reserve
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -494,6 +496,18 @@ def _reserver(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder):  # t
     return reserve
 
 
+def _run_chain(
+    tenant: Tenant, prepared: Prepared, recorder: TraceRecorder, call: Callable[[Target, ProviderRequest], T]
+) -> Served[T]:
+    return run_chain(
+        targets=prepared.targets,
+        request_for=lambda target: _provider_request(prepared, target),
+        reserve=_reserver(tenant, prepared, recorder),
+        call=call,
+        recorder=recorder,
+    )
+
+
 def _finish(
     tenant: Tenant,
     prepared: Prepared,
@@ -594,13 +608,7 @@ def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"])
             return _serve_from_cache(tenant, prepared, hit, recorder)
         _take_tokens(tenant, prepared)
-        served: Served[Completion] = run_chain(
-            targets=prepared.targets,
-            request_for=lambda target: _provider_request(prepared, target),
-            reserve=_reserver(tenant, prepared, recorder),
-            call=complete_call,
-            recorder=recorder,
-        )
+        served: Served[Completion] = _run_chain(tenant, prepared, recorder, complete_call)
         completion = served.result
         answer = _redact_output(prepared, completion.text, recorder)
         return _finish(
@@ -642,13 +650,7 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
             _close_trace(recorder, None)
             return iter([result.answer, result])
         _take_tokens(tenant, prepared)
-        served: Served[OpenStream] = run_chain(
-            targets=prepared.targets,
-            request_for=lambda target: _provider_request(prepared, target),
-            reserve=_reserver(tenant, prepared, recorder),
-            call=stream_call_factory(recorder),
-            recorder=recorder,
-        )
+        served: Served[OpenStream] = _run_chain(tenant, prepared, recorder, stream_call_factory(recorder))
     except Exception as exc:
         _return_tokens(tenant, prepared, used=0)
         _close_trace(recorder, exc)

@@ -70,12 +70,12 @@ class TenantAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Tenant, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change and form.changed_data:
-            changes = {
-                field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
-                for field in form.changed_data
-            }
             audit_event_record(
-                tenant=obj, actor=actor_for(request), action="tenant.update", target=obj, changes=changes
+                tenant=obj,
+                actor=actor_for(request),
+                action="tenant.update",
+                target=obj,
+                changes=form_changes(form),
             )
         elif not change:
             audit_event_record(tenant=obj, actor=actor_for(request), action="tenant.create", target=obj)
@@ -83,6 +83,14 @@ class TenantAdmin(admin.ModelAdmin):
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | list | type(None)) else str(value)
+
+
+def form_changes(form: forms.ModelForm) -> dict[str, list[Any]]:
+    """An admin form's edits as an audit record: {"field": [before, after]}."""
+    return {
+        field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
+        for field in form.changed_data
+    }
 
 
 class ApiKeyCreateForm(forms.Form):
@@ -236,16 +244,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if form.changed_data:
-            changes = {
-                field: [_jsonable(form.initial.get(field)), _jsonable(form.cleaned_data.get(field))]
-                for field in form.changed_data
-            }
             audit_event_record(
                 tenant=obj.tenant,
                 actor=actor_for(request),
                 action="api_key.update",
                 target=obj,
-                changes=changes,
+                changes=form_changes(form),
             )
 
 
