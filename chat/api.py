@@ -3,6 +3,7 @@ POST /v1/chat/completions and GET /v1/models. All run the same pipeline (chat/se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -44,6 +45,17 @@ def event_stream(events: Iterator[str], on_close: Callable[[], None] | None = No
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event through as it comes
     return response
+
+
+@contextlib.contextmanager
+def closing_events(events: Iterator[Any]) -> Iterator[None]:
+    """Closes the pipeline's stream when the response is closed (client gone), so it settles at once."""
+    try:
+        yield
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def result_data(result: ChatResult) -> dict[str, Any]:
@@ -146,6 +158,12 @@ class ChatView(IdempotentChatView):
     def _relay(
         self, events: Iterator[str | ChatResult | StreamError], key: str | None, fingerprint: str
     ) -> Iterator[str]:
+        with closing_events(events):
+            yield from self._relay_events(events, key, fingerprint)
+
+    def _relay_events(
+        self, events: Iterator[str | ChatResult | StreamError], key: str | None, fingerprint: str
+    ) -> Iterator[str]:
         for event in events:
             if isinstance(event, str):
                 yield sse("delta", {"text": event})
@@ -231,7 +249,6 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
 
 
 def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
-    usage = result.usage
     return {
         "id": f"chatcmpl-{result.id}",
         "object": "chat.completion",
@@ -248,7 +265,8 @@ def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
         ],
         "usage": _openai_usage(result),
         "system_fingerprint": None,
-    } | ({"x_trace_id": str(result.trace_id)} if usage else {})
+        "x_trace_id": str(result.trace_id),  # ours: find the request's trace in the admin
+    }
 
 
 def _openai_usage(result: ChatResult) -> dict[str, Any]:
@@ -281,10 +299,17 @@ class ChatCompletionsView(IdempotentChatView):
             for m in data["messages"]
         ]
         key, fingerprint = self.idempotency(request, self.tenant, dict(request.data))
-        if key is not None and not data["stream"]:
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        if key is not None:
             stored = idempotency_begin(tenant=self.tenant, key=key, fingerprint=fingerprint)
             if stored is not None:
-                return Response(stored, headers={"Idempotent-Replayed": "true"})
+                replay = (
+                    event_stream(replayed_chunks(stored, include_usage))
+                    if data["stream"]
+                    else Response(stored)
+                )
+                replay["Idempotent-Replayed"] = "true"
+                return replay
         params = ChatParams(
             endpoint="openai",
             messages=messages,
@@ -298,22 +323,30 @@ class ChatCompletionsView(IdempotentChatView):
         )
         created = int(time.time())
         if data["stream"]:
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-            events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
-            return event_stream(self._chunks(events, params, created, data["model"], include_usage))
+            try:
+                events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
+            except Exception:
+                if key is not None:
+                    idempotency_abandon(tenant=self.tenant, key=key)
+                raise
+            return event_stream(
+                self._chunks(events, params, created, data["model"], include_usage, key, fingerprint)
+            )
         return self.answer_once(
             key,
             fingerprint,
             lambda: completion_body(chat_complete(tenant=self.tenant, params=params), created),
         )
 
-    @staticmethod
     def _chunks(
+        self,
         events: Iterator[str | ChatResult | StreamError],
         params: ChatParams,
         created: int,
         model: str,
         include_usage: bool,
+        key: str | None,
+        fingerprint: str,
     ) -> Iterator[str]:
         base = {
             "id": f"chatcmpl-{params.request_id}",
@@ -330,25 +363,66 @@ class ChatCompletionsView(IdempotentChatView):
                 ],
             },
         )
-        for event in events:
-            if isinstance(event, str):
-                yield sse(
-                    None,
-                    {**base, "choices": [{"index": 0, "delta": {"content": event}, "finish_reason": None}]},
-                )
-            elif isinstance(event, StreamError):
-                yield sse(
-                    None,
-                    error_body(
-                        event.error.status_code, str(event.error.detail), code=str(event.error.get_codes())
-                    ),
-                )
-            else:
-                served = {**base, "model": event.model}
-                yield sse(None, {**served, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                if include_usage:
-                    yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
+        with closing_events(events):
+            for event in events:
+                if isinstance(event, str):
+                    yield sse(
+                        None,
+                        {
+                            **base,
+                            "choices": [{"index": 0, "delta": {"content": event}, "finish_reason": None}],
+                        },
+                    )
+                elif isinstance(event, StreamError):
+                    if key is not None:
+                        idempotency_abandon(tenant=self.tenant, key=key)
+                    yield sse(
+                        None,
+                        error_body(
+                            event.error.status_code,
+                            str(event.error.detail),
+                            code=str(event.error.get_codes()),
+                        ),
+                    )
+                else:
+                    if key is not None:
+                        idempotency_complete(
+                            tenant=self.tenant,
+                            key=key,
+                            fingerprint=fingerprint,
+                            response=completion_body(event, created),
+                        )
+                    served = {**base, "model": event.model}
+                    yield sse(
+                        None, {**served, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                    )
+                    if include_usage:
+                        yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
         yield "data: [DONE]\n\n"
+
+
+def replayed_chunks(stored: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    """A stored completion (Idempotency-Key replay) as the chunk stream a streaming client expects."""
+    base = {
+        "id": stored["id"],
+        "object": "chat.completion.chunk",
+        "created": stored["created"],
+        "model": stored["model"],
+    }
+    content = stored["choices"][0]["message"]["content"]
+    yield sse(
+        None,
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}
+            ],
+        },
+    )
+    yield sse(None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if include_usage:
+        yield sse(None, {**base, "choices": [], "usage": stored["usage"]})
+    yield "data: [DONE]\n\n"
 
 
 class ModelsView(TenantAPIView):

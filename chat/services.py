@@ -25,7 +25,6 @@ from chat.fallback import (
     OpenStream,
     Served,
     Target,
-    UpstreamUnavailable,
     complete_call,
     run_chain,
     stream_call_factory,
@@ -590,8 +589,8 @@ def _redact_output(prepared: Prepared, text: str, recorder: TraceRecorder) -> st
 def _close_trace(recorder: TraceRecorder, error: Exception | None) -> None:
     if error is None:
         recorder.finish()
-    elif isinstance(error, DomainError | ApiError) and not isinstance(error, UpstreamUnavailable):
-        recorder.finish(status=TraceStatus.REFUSED, error=str(error))
+    elif isinstance(error, DomainError | ApiError) and 400 <= error.status_code < 499:
+        recorder.finish(status=TraceStatus.REFUSED, error=str(error))  # refused for the request's own sake
     else:
         recorder.finish(status=TraceStatus.ERROR, error=f"{type(error).__name__}: {error}")
 

@@ -215,3 +215,19 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
         if data and data != "[DONE]":
             events.append((name, json.loads(data)))
     return events
+
+
+def test_a_client_leaving_mid_stream_is_charged_for_what_was_generated(tenant, upstreams):
+    from chat.services import ChatParams, chat_stream
+
+    openai_server, _ = upstreams
+    openai_server.answer = " ".join(f"word{i}" for i in range(200))
+    events = chat_stream(tenant=tenant, params=ChatParams(endpoint="chat", message="Count to 200"))
+    assert isinstance(next(events), str)
+    events.close()  # what the response's close() does when the client disconnects
+    entry = UsageEntry.objects.get(tenant=tenant)
+    assert entry.output_tokens > 0
+    assert not Reservation.objects.exists()
+    assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos
+    trace = Trace.objects.get()
+    assert (trace.status, trace.error) == ("error", "ApiError: The client disconnected.")

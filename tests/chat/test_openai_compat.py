@@ -73,3 +73,25 @@ def test_errors_reach_the_sdk_in_openai_shape(sdk, live_server, tenant):
         sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
     assert refused.value.status_code == 402
     assert refused.value.body["type"] == "budget_exceeded"
+
+
+def test_idempotency_key_replays_streams_and_json_without_a_second_call(sdk, tenant, upstreams):
+    openai_server, _ = upstreams
+    headers = {"Idempotency-Key": "job-7"}
+
+    def stream_text() -> str:
+        stream = sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=QUESTION,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=headers,
+        )
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+    assert stream_text() == "Paris is the capital of France."
+    assert stream_text() == "Paris is the capital of France."
+    with pytest.raises(openai.UnprocessableEntityError):  # same key, another body (not streamed)
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, extra_headers=headers)
+    assert len(openai_server.requests) == 1
+    assert UsageEntry.objects.filter(tenant=tenant).count() == 1
