@@ -143,6 +143,10 @@ def prepare_environment(mode: str) -> dict[str, str]:
         )
     redis_url = resolve_redis_url()
     env["REDIS_URL"] = with_redis_db(redis_url, TEST_REDIS_DB) if mode == "test" else redis_url
+    if mode == "test":
+        # Live-server and gunicorn request threads close their connections, so the test database
+        # can be dropped at the end of the run.
+        env.setdefault("DB_CONN_MAX_AGE", "0")
     if mode == "run":
         # prometheus_client multiprocess mode: every gunicorn worker writes here, /metrics sums them.
         metrics_dir = DATA_DIR / "prometheus"
