@@ -93,6 +93,11 @@ def _load_prices() -> dict[tuple[str, str], list[Price]]:
     return table
 
 
+def priced_models() -> list[tuple[str, str]]:
+    """Every (provider, model) with a price, from the per-process price table."""
+    return sorted(price_table.get("all", "all", _load_prices))
+
+
 def price_for(*, provider: str, model: str, at: datetime | None = None) -> Price:
     """The price in force at `at` (now by default). A model without one is refused, never free."""
     moment = at or timezone.now()

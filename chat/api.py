@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.documents import format_usd
-from billing.services import _load_prices, price_table
+from billing.services import priced_models
 from chat.idempotency import (
     body_fingerprint,
     idempotency_abandon,
@@ -432,7 +432,7 @@ class ModelsView(TenantAPIView):
         responses=OpenApiTypes.OBJECT, summary="OpenAI-compatible list of the models this tenant may use"
     )
     def get(self, request: Request) -> Response:
-        models = sorted(price_table.get("all", "all", _load_prices))
+        models = priced_models()
         data = [
             {"id": model, "object": "model", "created": 0, "owned_by": provider}
             for provider, model in models

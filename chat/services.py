@@ -20,7 +20,14 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from billing.services import ReservationHandle, budget_release, budget_reserve, budget_settle, usage_record
+from billing.services import (
+    ReservationHandle,
+    budget_release,
+    budget_reserve,
+    budget_settle,
+    priced_models,
+    usage_record,
+)
 from chat.fallback import (
     OpenStream,
     Served,
@@ -144,13 +151,9 @@ def default_chain() -> list[str]:
 
 
 def _target_for_model(model: str) -> Target:
-    from billing.services import _load_prices, price_table
-
     if ":" in model:
         return validate_target(model)
-    providers = sorted(
-        {provider for provider, name in price_table.get("all", "all", _load_prices) if name == model}
-    )
+    providers = sorted({provider for provider, name in priced_models() if name == model})
     if not providers:
         raise DomainError(
             f"Unknown model '{model}'. GET /v1/models lists the models you can use.",
