@@ -1,20 +1,26 @@
-"""Per-tenant chat policy (fallback chain, routing, cache, guards), circuit states, conversations."""
+"""Per-tenant chat policy (fallback chain, routing, caches, guards, RAG), circuit states, conversations,
+documents (status, progress, re-ingest, search as a tenant)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from chat.models import ChatSettings, Conversation, Message
+from chat.documents import document_reingest
+from chat.models import ChatSettings, Chunk, Conversation, Document, DocumentStatus, Message
+from chat.retrieval import retrieve, tenant_vector_indexes
 from chat.selectors import known_circuits
 from chat.services import chat_settings_update
 from tenants.admin import actor_for
 from tenants.errors import DomainError
+from tenants.models import Tenant
 
 
 class ChatSettingsForm(forms.ModelForm):
@@ -32,6 +38,10 @@ class ChatSettingsForm(forms.ModelForm):
             "max_input_chars",
             "injection_policy",
             "redact_output",
+            "rag_enabled",
+            "semantic_cache_enabled",
+            "semantic_cache_threshold",
+            "semantic_cache_multi_turn",
         ]
 
     def clean(self) -> dict[str, Any]:
@@ -71,6 +81,17 @@ class ChatSettingsAdmin(admin.ModelAdmin):
             },
         ),
         ("Cache", {"fields": ["cache_enabled", "cache_ttl_seconds"]}),
+        (
+            "Documents (RAG) and the semantic cache",
+            {
+                "fields": [
+                    "rag_enabled",
+                    "semantic_cache_enabled",
+                    "semantic_cache_threshold",
+                    "semantic_cache_multi_turn",
+                ]
+            },
+        ),
         ("Guards", {"fields": ["max_input_chars", "injection_policy", "redact_output"]}),
     ]
 
@@ -121,3 +142,121 @@ class ConversationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+class ChunkInline(admin.TabularInline):
+    model = Chunk
+    fields = ("ordinal", "token_count", "text")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    max_num = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DocumentSearchForm(forms.Form):
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.order_by("name"))
+    query = forms.CharField(max_length=4000, widget=forms.TextInput(attrs={"size": 80}))
+    k = forms.IntegerField(min_value=1, max_value=50, initial=10)
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = [
+        "title",
+        "tenant",
+        "status",
+        "progress_percent",
+        "chunk_count",
+        "size_bytes",
+        "created_at",
+    ]
+    list_filter = ["status", "tenant"]
+    search_fields = ["title", "source_filename", "sha256", "tenant__slug"]
+    list_select_related = ["tenant"]
+    readonly_fields = [
+        "id",
+        "tenant",
+        "source_filename",
+        "content_type",
+        "size_bytes",
+        "sha256",
+        "status",
+        "error",
+        "embedder",
+        "chunk_count",
+        "chunks_embedded",
+        "progress_percent",
+        "created_at",
+        "updated_at",
+        "ingested_at",
+    ]
+    fields = ["title", *readonly_fields]
+    actions = ["reingest"]
+    inlines = [ChunkInline]
+    change_list_template = "admin/chat/document/change_list.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
+        return super().get_queryset(request).defer("content")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # documents come in through the API or `manage.py ingest`
+
+    @admin.display(description="progress")
+    def progress_percent(self, document: Document) -> str:
+        return f"{document.progress:.0%}"
+
+    @admin.action(description="Ingest the selected documents again", permissions=["change"])
+    def reingest(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        queued, busy = 0, 0
+        for document in queryset.select_related("tenant"):
+            if document.status in (DocumentStatus.PENDING, DocumentStatus.PROCESSING):
+                busy += 1
+                continue
+            document_reingest(tenant=document.tenant, document_id=document.pk)
+            queued += 1
+        self.message_user(request, f"{queued} document(s) queued for ingestion.", messages.SUCCESS)
+        if busy:
+            self.message_user(
+                request, f"{busy} document(s) skipped: already being ingested.", messages.WARNING
+            )
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path("search/", self.admin_site.admin_view(self.search_view), name="chat_document_search"),
+            *super().get_urls(),
+        ]
+
+    def search_view(self, request: HttpRequest) -> HttpResponse:
+        """Runs a retrieval query as a tenant: what chat would put into the prompt, with scores."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = DocumentSearchForm(request.GET or None)
+        results, strategy, query_ms = None, "", 0.0
+        if form.is_valid():
+            tenant = form.cleaned_data["tenant"]
+            found = retrieve(
+                tenant_id=tenant.pk,
+                query=form.cleaned_data["query"],
+                k=form.cleaned_data["k"],
+                min_score=-1.0,
+            )
+            results, query_ms = found.chunks, found.query_ms
+            strategy = (
+                "its own HNSW index"
+                if tenant_vector_indexes().get(tenant.pk)
+                else "exact search (all its chunks)"
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Search documents as a tenant",
+            "form": form,
+            "results": results,
+            "strategy": strategy,
+            "query_ms": query_ms,
+        }
+        return TemplateResponse(request, "admin/chat/document/search.html", context)

@@ -10,16 +10,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, extend_schema
 from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.documents import format_usd
 from billing.services import priced_models
+from chat.documents import content_type_for, document_create, document_delete, document_reingest
 from chat.idempotency import (
     body_fingerprint,
     idempotency_abandon,
@@ -27,8 +31,16 @@ from chat.idempotency import (
     idempotency_complete,
     request_id_for,
 )
-from chat.models import Conversation
-from chat.serializers import ChatCompletionRequestSerializer, ChatRequestSerializer
+from chat.models import Conversation, Document
+from chat.retrieval import retrieve
+from chat.serializers import (
+    ChatCompletionRequestSerializer,
+    ChatRequestSerializer,
+    DocumentJSONUploadSerializer,
+    DocumentListQuerySerializer,
+    DocumentMultipartUploadSerializer,
+    DocumentSearchSerializer,
+)
 from chat.services import ChatParams, ChatResult, StreamError, chat_complete, chat_stream, conversation_delete
 from tenants.api import TenantAPIView, TenantScopedViewSet
 from tenants.errors import ApiError, error_body
@@ -138,6 +150,7 @@ class ChatView(IdempotentChatView):
             max_tokens=data.get("max_tokens"),
             temperature=data.get("temperature"),
             top_p=data.get("top_p"),
+            rag=data["rag"],
             request_id=request_id_for(self.tenant, key) if key else uuid.uuid4().hex,
         )
         if data["stream"]:
@@ -245,6 +258,158 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+# --- documents -----------------------------------------------------------------------------------------
+
+
+def document_data(document: Document) -> dict[str, Any]:
+    return {
+        "id": document.id,
+        "title": document.title,
+        "source_filename": document.source_filename,
+        "content_type": document.content_type,
+        "size_bytes": document.size_bytes,
+        "sha256": document.sha256,
+        "status": document.status,
+        "error": document.error or None,
+        "chunk_count": document.chunk_count,
+        "progress": {
+            "chunks_embedded": document.chunks_embedded,
+            "chunks_total": document.chunk_count,
+            "fraction": round(document.progress, 4),
+        },
+        "embedder": document.embedder or None,
+        "created_at": document.created_at,
+        "updated_at": document.updated_at,
+        "ingested_at": document.ingested_at,
+    }
+
+
+class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
+    """The tenant's documents for retrieval: upload (multipart file or JSON text), list, progress,
+    delete, ingest again, and a search that shows what chat would retrieve."""
+
+    model = Document
+    required_scope = Scope.DOCUMENTS
+    lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
+    parser_classes = [JSONParser, MultiPartParser]
+
+    def scoped_queryset(self) -> QuerySet[Document]:
+        queryset = Document.objects.defer("content").order_by("-created_at")
+        if self.action == "list":
+            query = DocumentListQuerySerializer(data=self.request.query_params)
+            query.is_valid(raise_exception=True)
+            if "status" in query.validated_data:
+                queryset = queryset.filter(status=query.validated_data["status"])
+        return queryset
+
+    @extend_schema(
+        parameters=[DocumentListQuerySerializer],
+        responses=OpenApiTypes.OBJECT,
+        summary="Documents, newest first",
+        operation_id="documents_list",
+    )
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response([document_data(document) for document in page or []])
+
+    @extend_schema(
+        parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses=OpenApiTypes.OBJECT,
+        summary="A document with its ingestion progress",
+    )
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(document_data(self.get_object()))
+
+    @extend_schema(
+        request={
+            "multipart/form-data": OpenApiRequest(DocumentMultipartUploadSerializer),
+            "application/json": OpenApiRequest(DocumentJSONUploadSerializer),
+        },
+        responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
+        summary="Upload a document (.txt, .md, .html, .pdf as multipart `file`, or JSON {title, text}); "
+        "201 and ingestion queued, or 200 with the earlier document of identical content",
+    )
+    def create(self, request: Request) -> Response:
+        limit = settings.RAG_MAX_UPLOAD_BYTES
+        try:
+            declared_length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared_length = 0
+        # JSON escapes text (up to 6 bytes a character), so only refuse unread bodies far too large.
+        if declared_length > 6 * limit + 65_536:
+            raise self._too_large(declared_length, limit)
+        if request.content_type.startswith("multipart/form-data"):
+            upload = DocumentMultipartUploadSerializer(data=request.data)
+            upload.is_valid(raise_exception=True)
+            file = upload.validated_data["file"]
+            if file.size is not None and file.size > limit:
+                raise self._too_large(file.size, limit)
+            filename = file.name or ""
+            content_type = content_type_for(declared=file.content_type, filename=filename)
+            content, title = file.read(), upload.validated_data["title"]
+        else:
+            body = DocumentJSONUploadSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            filename, content_type = "", body.validated_data["content_type"]
+            content, title = body.validated_data["text"].encode(), body.validated_data["title"]
+        document, created = document_create(
+            tenant=self.tenant, content=content, content_type=content_type, title=title, filename=filename
+        )
+        return Response(
+            {**document_data(document), "duplicate": not created},
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+    @staticmethod
+    def _too_large(size: int, limit: int) -> ApiError:
+        return ApiError(
+            f"The upload is {size} bytes; documents may be at most {limit} bytes.",
+            status_code=413,
+            code="document_too_large",
+            param="file",
+        )
+
+    @extend_schema(
+        parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)], responses={204: None}
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        document_delete(tenant=self.tenant, document_id=self.get_object().id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        request=None,
+        responses={202: OpenApiTypes.OBJECT},
+        summary="Ingest a ready or failed document again (e.g. after a failure or a new embedder)",
+    )
+    @action(detail=True, methods=["post"])
+    def reingest(self, request: Request, pk: str) -> Response:
+        document = document_reingest(tenant=self.tenant, document_id=self.get_object().id)
+        return Response(document_data(document), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=DocumentSearchSerializer,
+        responses=OpenApiTypes.OBJECT,
+        summary="The chunks chat would retrieve for a query, with their scores",
+    )
+    @action(detail=False, methods=["post"])
+    def search(self, request: Request) -> Response:
+        body = DocumentSearchSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        found = retrieve(
+            tenant_id=self.tenant.pk,
+            query=body.validated_data["query"],
+            k=body.validated_data["k"],
+            min_score=-1.0,  # show everything found, scores tell how close
+        )
+        return Response(
+            {
+                "results": [{**chunk.citation(), "text": chunk.text} for chunk in found.chunks],
+                "query_ms": round(found.query_ms, 2),
+            }
+        )
+
+
 # --- OpenAI-compatible ------------------------------------------------------------------------------
 
 
@@ -266,6 +431,7 @@ def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
         "usage": _openai_usage(result),
         "system_fingerprint": None,
         "x_trace_id": str(result.trace_id),  # ours: find the request's trace in the admin
+        **({"citations": result.citations} if result.citations else {}),  # ours, with "rag": true
     }
 
 
@@ -319,6 +485,7 @@ class ChatCompletionsView(IdempotentChatView):
             max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
             temperature=data.get("temperature"),
             top_p=data.get("top_p"),
+            rag=bool(data.get("rag")),
             request_id=request_id_for(self.tenant, key) if key else uuid.uuid4().hex,
         )
         created = int(time.time())

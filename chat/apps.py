@@ -11,6 +11,7 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from chat import checks  # noqa: F401  (registers the embedding checks)
         from chat.selectors import known_circuits
         from monitoring.health import register_status_section
 

@@ -1,11 +1,15 @@
-"""Conversations and their messages, and each tenant's chat policy (fallback chain, routing, guards)."""
+"""Conversations and their messages, each tenant's chat policy (fallback chain, routing, guards,
+caches), and the tenant's documents for retrieval: Document -> Chunk (text + embedding)."""
 
 from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from pgvector.django import VectorField
 
 from tenants.models import Tenant, TenantOwnedModel
 
@@ -59,6 +63,25 @@ class ChatSettings(models.Model):
     redact_output = ArrayField(
         models.CharField(max_length=10, choices=RedactionCategory.choices), default=all_redactions, blank=True
     )
+    rag_enabled = models.BooleanField(
+        default=True,
+        help_text="Answer from the tenant's documents when it has some (a request may still say rag=false).",
+    )
+    semantic_cache_enabled = models.BooleanField(
+        default=False,
+        help_text="Answer a question close enough to an earlier one (same model and prompt version) "
+        "with the earlier answer, at no cost. Low-temperature requests only, like the exact cache.",
+    )
+    semantic_cache_threshold = models.FloatField(
+        default=0.95,
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Cosine similarity a new question needs to reuse an answer.",
+    )
+    semantic_cache_multi_turn = models.BooleanField(
+        default=False,
+        help_text="Also use the semantic cache inside multi-turn conversations (the earlier turns are "
+        "not compared, so this is off by default).",
+    )
 
     class Meta:
         verbose_name_plural = "chat settings"
@@ -95,3 +118,98 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class DocumentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSING = "processing", "Processing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class Document(TenantOwnedModel):
+    """An uploaded source. Its bytes are kept so it can be ingested again (new embedder, new chunking)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=300)
+    source_filename = models.CharField(max_length=255, blank=True)
+    content_type = models.CharField(max_length=100)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content = models.BinaryField(editable=False)
+    status = models.CharField(max_length=12, choices=DocumentStatus.choices, default=DocumentStatus.PENDING)
+    error = models.TextField(blank=True)
+    embedder = models.CharField(max_length=120, blank=True, help_text="What the chunks were embedded with.")
+    chunk_count = models.PositiveIntegerField(default=0)
+    chunks_embedded = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ingested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Identical content is one document per tenant (re-uploads are answered with it).
+            models.UniqueConstraint(fields=["tenant", "sha256"], name="document_unique_content_per_tenant"),
+        ]
+        indexes = [models.Index(fields=["tenant", "status", "-created_at"], name="document_tenant_status")]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def progress(self) -> float:
+        if self.status == DocumentStatus.READY:
+            return 1.0
+        return self.chunks_embedded / self.chunk_count if self.chunk_count else 0.0
+
+
+class Chunk(TenantOwnedModel):
+    """A piece of a document with its embedding. No shared vector index: small tenants are searched
+    exactly, large ones through their own partial HNSW index (chat/retrieval.py)."""
+
+    id = models.BigAutoField(primary_key=True)
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    token_count = models.PositiveIntegerField()
+    embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["document", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id} #{self.ordinal}"
+
+
+class SemanticCacheEntry(TenantOwnedModel):
+    """An answer kept for questions that mean the same (cosine similarity over question embeddings)."""
+
+    id = models.BigAutoField(primary_key=True)
+    embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)
+    question = models.TextField()
+    model = models.CharField(max_length=120, help_text="The provider:model the request was routed to first.")
+    prompt_name = models.CharField(max_length=100, blank=True)
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    answer = models.TextField()
+    provider = models.CharField(max_length=40)
+    served_model = models.CharField(max_length=120)
+    citations = models.JSONField(default=list, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["tenant", "model", "prompt_name", "expires_at"], name="semantic_cache_lookup"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.question[:60]

@@ -18,6 +18,7 @@ import anthropic
 import openai
 from django.conf import settings
 
+from chat.embeddings import words
 from chat.tokens import estimate_message_tokens, estimate_tokens
 
 
@@ -321,8 +322,7 @@ class LocalProvider:
             "",
         )
         if context.strip():
-            sentences = re.split(r"(?<=[.!?])\s+", " ".join(context.split()))
-            answer = "From your documents: " + " ".join(sentences[:2])
+            answer = "From your documents: " + " ".join(self._best_sentences(context, question))
         else:
             summary = " ".join(question.split()[:40])
             answer = (
@@ -330,6 +330,21 @@ class LocalProvider:
             )
         words = answer.split(" ")
         return " ".join(words[: max(request.max_tokens, 1)])
+
+    @staticmethod
+    def _best_sentences(context: str, question: str, count: int = 2) -> list[str]:
+        """The context's sentences sharing most words with the question, in their original order, each
+        followed by its source number ([n]) the way a model cites."""
+        asked = set(words(question))
+        candidates = []
+        for part in re.split(r"\n(?=\[\d+\] )", context.strip()):
+            source, _, text = part.partition(":\n")
+            number = source.split("]", 1)[0] + "]" if source.startswith("[") else ""
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+                if sentence:
+                    candidates.append((len(asked & set(words(sentence))), sentence, number))
+        ranked = sorted(range(len(candidates)), key=lambda i: (-candidates[i][0], i))[:count]
+        return [f"{candidates[i][1]} {candidates[i][2]}".strip() for i in sorted(ranked)]
 
     def _usage(self, request: ProviderRequest, text: str) -> Usage:
         return Usage(estimate_message_tokens(request.messages), 0, estimate_tokens(text))

@@ -25,7 +25,8 @@ class ChatRequestSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         default=None,
-        help_text="Retrieval over the tenant's documents (with the RAG issue).",
+        help_text="Answer from the tenant's documents, with citations. Default: on when the tenant has "
+        "documents (and its chat settings allow it).",
     )
     idempotency_key = serializers.CharField(required=False, max_length=200)
 
@@ -76,3 +77,35 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
     user = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     n = serializers.IntegerField(required=False, min_value=1, max_value=1, help_text="Only 1 is supported.")
+    rag = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Ours (openai SDK: extra_body={'rag': True}): answer from the tenant's documents; the "
+        "completion then carries `citations`.",
+    )
+
+
+class DocumentJSONUploadSerializer(serializers.Serializer):
+    """POST /api/v1/documents as JSON (a file goes as multipart/form-data instead)."""
+
+    title = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)
+    text = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    content_type = serializers.ChoiceField(
+        choices=["text/plain", "text/markdown", "text/html"], required=False, default="text/plain"
+    )
+
+
+class DocumentMultipartUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=True)
+    title = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)
+
+
+class DocumentListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["pending", "processing", "ready", "failed"], required=False, help_text="Only these."
+    )
+
+
+class DocumentSearchSerializer(serializers.Serializer):
+    query = serializers.CharField(max_length=4000)
+    k = serializers.IntegerField(required=False, default=5, min_value=1, max_value=50)

@@ -1,5 +1,9 @@
 """The chat pipeline (../shared/ARCHITECTURE.md): guard input -> prompt -> conversation history ->
-exact cache -> reserve -> fallback chain -> settle -> guard output -> store -> trace.
+route -> retrieval (RAG) -> exact cache -> semantic cache -> reserve -> fallback chain -> settle ->
+guard output -> store -> trace.
+
+Retrieval runs before the caches because the exact cache key covers the rendered messages, and
+those include the retrieved context: a changed document changes the key.
 
 `chat_complete` returns a ChatResult; `chat_stream` yields text deltas and ends with the same
 ChatResult (or an error after the first token). Both charge exactly once per request id.
@@ -28,6 +32,8 @@ from billing.services import (
     priced_models,
     usage_record,
 )
+from chat.documents import tenant_has_documents
+from chat.embeddings import embed_query
 from chat.fallback import (
     OpenStream,
     Served,
@@ -38,7 +44,9 @@ from chat.fallback import (
 )
 from chat.guards import StreamRedactor, injection_findings, redact
 from chat.models import ChatSettings, Conversation, GuardPolicy, Message
-from chat.providers import Completion, ProviderRequest, Usage
+from chat.providers import CONTEXT_MARKER, Completion, ProviderRequest, Usage
+from chat.retrieval import RetrievedChunk, retrieve
+from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens
 from monitoring.models import TraceStatus
 from monitoring.services import TraceRecorder
@@ -66,6 +74,7 @@ class ChatParams:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    rag: bool | None = None  # None: on for /api/v1/chat when the tenant has documents
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -296,6 +305,8 @@ class Prepared:
     prompt: dict[str, Any] | None
     cache_key: str | None
     estimated_tokens: int
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    semantic_key: SemanticKey | None = None  # set when the semantic cache applies to this request
     tokens: TokenReservation | None = None  # taken from this minute's tokens-per-minute allowance
 
 
@@ -346,7 +357,7 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
     chat_settings = chat_settings_for(tenant=tenant)
     _guard_input(tenant, params, chat_settings, recorder)
     messages: list[dict[str, str]] = []
-    prompt_info = None
+    prompt_info: dict[str, Any] | None = None
     model_config: dict[str, Any] = {}
     if params.prompt:
         with recorder.span("prompt", prompt=params.prompt) as span:
@@ -398,17 +409,31 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
             text=params.message,
         )
         span.update(reason=reason, chain=[target.key for target in targets])
-    cacheable = (
-        chat_settings.cache_enabled
-        and temperature is not None
-        and temperature <= settings.CHAT_CACHE_MAX_TEMPERATURE
-    )
+    use_rag = params.rag
+    if use_rag is None:
+        use_rag = (
+            params.endpoint == "chat" and chat_settings.rag_enabled and tenant_has_documents(tenant=tenant)
+        )
+    citations = _add_context(tenant, params.message, messages, recorder) if use_rag else []
+    low_temperature = temperature is not None and temperature <= settings.CHAT_CACHE_MAX_TEMPERATURE
     cache_key = None
-    if cacheable:
+    if chat_settings.cache_enabled and low_temperature:
         material = json.dumps(
             [tenant.pk, targets[0].key, messages, max_tokens, temperature, top_p], sort_keys=True
         )
         cache_key = "chat:exact:" + hashlib.sha256(material.encode()).hexdigest()
+    semantic_key = None
+    if chat_settings.semantic_cache_enabled and low_temperature and params.message.strip():
+        single_turn = params.conversation_id is None and (
+            params.messages is None or sum(m["role"] in ("user", "assistant") for m in params.messages) == 1
+        )
+        if single_turn or chat_settings.semantic_cache_multi_turn:
+            semantic_key = SemanticKey(
+                embed_query(params.message)[0],
+                targets[0].key,
+                prompt_info["name"] if prompt_info else "",
+                prompt_info["version"] if prompt_info else None,
+            )
     return Prepared(
         params,
         chat_settings,
@@ -420,19 +445,77 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
         prompt_info,
         cache_key,
         estimate_message_tokens(messages),
+        citations,
+        semantic_key,
     )
 
 
-def _cached_answer(prepared: Prepared, recorder: TraceRecorder) -> dict[str, Any] | None:
+RAG_INSTRUCTION = (
+    "Answer from the numbered context below when it is relevant, and cite the parts you use as [n]. "
+    "If the context does not hold the answer, say so."
+)
+
+
+def _add_context(
+    tenant: Tenant, query: str, messages: list[dict[str, str]], recorder: TraceRecorder
+) -> list[dict[str, Any]]:
+    """Puts the best chunks that fit RAG_CONTEXT_TOKENS in a system message before the question;
+    returns their citations."""
+    with recorder.span("retrieval", k=settings.RAG_TOP_K) as span:
+        found = retrieve(tenant_id=tenant.pk, query=query, k=settings.RAG_TOP_K)
+        budget = settings.RAG_CONTEXT_TOKENS
+        used: list[RetrievedChunk] = []
+        parts: list[str] = []
+        for chunk in found.chunks:
+            part = f"[{len(used) + 1}] {chunk.title} (part {chunk.ordinal + 1}):\n{chunk.text}"
+            if estimate_tokens(part) > budget:
+                continue
+            budget -= estimate_tokens(part)
+            used.append(chunk)
+            parts.append(part)
+        span.update(
+            query_ms=round(found.query_ms, 2),
+            embed_ms=round(found.embed_ms, 2),
+            cached_embedding=found.cached_embedding,
+            found=len(found.chunks),
+            chunk_ids=[chunk.chunk_id for chunk in used],
+            scores=[chunk.score for chunk in used],
+        )
+    if parts:
+        context = f"{RAG_INSTRUCTION}\n\n{CONTEXT_MARKER}\n" + "\n\n".join(parts)
+        messages.insert(len(messages) - 1, {"role": "system", "content": context})
+    return [chunk.citation() for chunk in used]
+
+
+def _cached_answer(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder) -> dict[str, Any] | None:
+    """An answer from the exact cache, else from the semantic cache; None when neither has one."""
+    hit = None
     if prepared.cache_key is None:
         recorder.add_span("cache", start_ms=recorder.elapsed_ms(), duration_ms=0, status="skipped")
-        return None
-    with recorder.span("cache", kind="exact") as span:
-        try:
-            hit = cache.get(prepared.cache_key)
-        except CACHE_ERRORS:
-            hit = None
-        span["hit"] = hit is not None
+    else:
+        with recorder.span("cache", kind="exact") as span:
+            try:
+                hit = cache.get(prepared.cache_key)
+            except CACHE_ERRORS:
+                hit = None
+            span["hit"] = hit is not None
+    if hit is None and prepared.semantic_key is not None:
+        threshold = prepared.chat_settings.semantic_cache_threshold
+        with recorder.span("cache", kind="semantic", threshold=threshold) as span:
+            match = semantic_cache_lookup(tenant=tenant, key=prepared.semantic_key)
+            span.update(similarity=match.similarity, hit=False)
+            if match.entry is not None and match.similarity is not None and match.similarity >= threshold:
+                entry = match.entry
+                span.update(hit=True, entry_id=entry.pk)
+                hit = {
+                    "answer": entry.answer,
+                    "model": entry.served_model,
+                    "provider": entry.provider,
+                    "input_tokens": entry.input_tokens,
+                    "cached_input_tokens": 0,
+                    "output_tokens": entry.output_tokens,
+                    "citations": entry.citations,
+                }
     return hit
 
 
@@ -465,6 +548,7 @@ def _serve_from_cache(
         prepared.prompt,
         recorder.id,
         cached=True,
+        citations=hit.get("citations", []),
     )
 
 
@@ -546,17 +630,20 @@ def _finish(
             usage=usage,
             request_id=params.request_id,
         )
-    if prepared.cache_key is not None:
-        entry = {
-            "answer": answer,
-            "model": target.model,
-            "provider": target.provider,
-            "input_tokens": usage.input_tokens,
-            "cached_input_tokens": usage.cached_input_tokens,
-            "output_tokens": usage.output_tokens,
-        }
+    entry = {
+        "answer": answer,
+        "model": target.model,
+        "provider": target.provider,
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+        "citations": prepared.citations,
+    }
+    if prepared.cache_key is not None and finish_reason != "error":
         with contextlib.suppress(*CACHE_ERRORS):
             cache.set(prepared.cache_key, entry, prepared.chat_settings.cache_ttl_seconds)
+    if prepared.semantic_key is not None and finish_reason != "error":
+        semantic_cache_store(tenant=tenant, key=prepared.semantic_key, question=params.message, hit=entry)
     recorder.set(
         provider=target.provider,
         model=target.model,
@@ -578,6 +665,7 @@ def _finish(
         recorder.id,
         cached=False,
         finish_reason=finish_reason,
+        citations=prepared.citations,
     )
 
 
@@ -605,7 +693,7 @@ def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
     prepared: Prepared | None = None
     try:
         prepared = prepare(tenant=tenant, params=params, recorder=recorder)
-        hit = _cached_answer(prepared, recorder)
+        hit = _cached_answer(tenant, prepared, recorder)
         if hit is not None:
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"])
             return _serve_from_cache(tenant, prepared, hit, recorder)
@@ -645,7 +733,7 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
     prepared: Prepared | None = None
     try:
         prepared = prepare(tenant=tenant, params=params, recorder=recorder)
-        hit = _cached_answer(prepared, recorder)
+        hit = _cached_answer(tenant, prepared, recorder)
         if hit is not None:
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"], time_to_first_token_ms=0)
             result = _serve_from_cache(tenant, prepared, hit, recorder)

@@ -133,6 +133,11 @@ if DATABASE_URL:
     }
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (pgvector is required)")
+    # Candidates an HNSW scan keeps (pgvector's default is 40): more recall for a little latency.
+    database_options = DATABASES["default"].setdefault("OPTIONS", {})
+    database_options["options"] = (
+        database_options.get("options", "") + f" -c hnsw.ef_search={env_int('RAG_HNSW_EF_SEARCH', 100)}"
+    ).strip()
 else:
     # Importable without a database (mypy, `manage.py help`); any query fails with Django's clear error.
     # `make run` / `make test` always provide DATABASE_URL.
@@ -175,6 +180,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "billing.tasks.finalize_due_invoices",
         "schedule": crontab(minute=30, hour=1),
     },
+    # Tenants that grew or shrank past RAG_TENANT_INDEX_MIN_CHUNKS get or lose their vector index.
+    "sync-vector-indexes": {"task": "chat.tasks.vector_indexes_sync_task", "schedule": 900.0},
+    "purge-semantic-cache": {"task": "chat.tasks.semantic_cache_purge_task", "schedule": 3600.0},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -229,6 +237,27 @@ CHAT_HISTORY_TOKEN_BUDGET = env_int("CHAT_HISTORY_TOKEN_BUDGET", 3000)
 # The exact cache only answers requests at or below this temperature (deterministic enough).
 CHAT_CACHE_MAX_TEMPERATURE = float(env_str("CHAT_CACHE_MAX_TEMPERATURE", "0.2"))
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+
+# --- Documents, embeddings and retrieval (RAG) -----------------------------------------------------
+# One embedder and one vector size per deployment: chunks of different embedders are not comparable.
+# Changing either needs `manage.py reembed` (checked at start-up: `manage.py check --database default`).
+EMBEDDING_BACKEND = env_str("EMBEDDING_BACKEND", "hashing")  # hashing | openai | minilm
+EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 384)
+EMBEDDING_OPENAI_MODEL = env_str("EMBEDDING_OPENAI_MODEL", "text-embedding-3-small")
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 128)
+QUERY_EMBEDDING_CACHE_SECONDS = env_int("QUERY_EMBEDDING_CACHE_SECONDS", 24 * 3600)
+RAG_MAX_UPLOAD_BYTES = env_int("RAG_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+RAG_CHUNK_TOKENS = env_int("RAG_CHUNK_TOKENS", 300)
+RAG_CHUNK_OVERLAP_TOKENS = env_int("RAG_CHUNK_OVERLAP_TOKENS", 50)
+RAG_TOP_K = env_int("RAG_TOP_K", 5)
+RAG_CONTEXT_TOKENS = env_int("RAG_CONTEXT_TOKENS", 1500)  # retrieved text put into the prompt, at most
+RAG_MIN_SCORE = float(env_str("RAG_MIN_SCORE", "0.05"))  # cosine similarity below this is not context
+# Tenants with more chunks than this get their own HNSW index (a partial index on tenant_id); smaller
+# tenants are searched exactly. Both give full recall at any tenant size (bench/bench_retrieval.py).
+# hnsw.ef_search is set on every database connection from RAG_HNSW_EF_SEARCH (see DATABASES).
+RAG_TENANT_INDEX_MIN_CHUNKS = env_int("RAG_TENANT_INDEX_MIN_CHUNKS", 10_000)
+RAG_INDEX_BUILD_MEMORY = env_str("RAG_INDEX_BUILD_MEMORY", "512MB")  # maintenance_work_mem of a build
+SEMANTIC_CACHE_TTL_SECONDS = env_int("SEMANTIC_CACHE_TTL_SECONDS", 24 * 3600)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------------
 REST_FRAMEWORK = {

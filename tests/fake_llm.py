@@ -66,9 +66,37 @@ class FakeLLMServer:
             return self._error(handler, int(behaviour))
         if behaviour == "malformed":
             return self._raw(handler, 200, b'{"id": "x", "choices": [', "application/json")
+        if handler.path.endswith("/embeddings"):
+            return self._raw(handler, 200, json.dumps(self._embeddings(body)).encode(), "application/json")
         if body.get("stream"):
             return self._stream(handler, behaviour, body)
         return self._raw(handler, 200, json.dumps(self._message(body)).encode(), "application/json")
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's embeddings response; vectors from the hashing embedder (deterministic, lexical),
+        of the `dimensions` asked for, base64 or float as the client asks."""
+        import base64
+
+        from chat.embeddings import HashingEmbedder
+
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        vectors = HashingEmbedder(int(body.get("dimensions") or 1536)).embed(texts)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": base64.b64encode(vector.tobytes()).decode() if as_base64 else vector.tolist(),
+            }
+            for index, vector in enumerate(vectors)
+        ]
+        tokens = sum(len(text.split()) for text in texts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     def _raw(
         self,
