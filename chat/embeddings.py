@@ -126,7 +126,7 @@ class OpenAIEmbedder:
             api_key=settings.OPENAI_API_KEY or "unset",
             base_url=settings.OPENAI_BASE_URL,
             timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
-            max_retries=2,  # ingestion is not latency-bound; the Celery task retries further
+            max_retries=settings.EMBEDDING_MAX_RETRIES,  # then the Celery task retries with its backoff
         )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from billing.models import Invoice
 from billing.services import invoice_finalize, invoice_generate, usage_record
-from chat.models import Conversation, Message
+from chat.documents import document_create
+from chat.models import Chunk, Conversation, Document, Message
 from prompts.models import PromptTemplate
 from prompts.services import experiment_start, prompt_template_create, prompt_version_create
 from tenants.models import ApiKey, Scope, Tenant
@@ -81,6 +82,20 @@ def _conversation(tenant: Tenant) -> tuple[dict[str, str], State]:
     )
 
 
+def _document(tenant: Tenant) -> tuple[dict[str, str], State]:
+    document, _ = document_create(
+        tenant=tenant, content=b"secret plans", content_type="text/plain", title="secret", enqueue=False
+    )
+    Document.objects.filter(pk=document.pk).update(status="ready")
+    Chunk.objects.create(
+        tenant=tenant, document=document, ordinal=0, text="secret plans", token_count=3, embedding=[1] * 384
+    )
+    return {"pk": str(document.pk)}, lambda: (
+        Document.objects.filter(pk=document.pk).values().get(),
+        list(Chunk.objects.filter(document=document).values_list("id", "text")),
+    )
+
+
 # route name -> creates an object owned by the tenant; returns the URL kwargs and a snapshot of its state.
 OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = {
     "api-key-detail": _api_key,
@@ -97,6 +112,8 @@ OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = 
     "invoice-csv": _invoice,
     "invoice-html": _invoice,
     "conversation-detail": _conversation,
+    "document-detail": _document,
+    "document-reingest": _document,
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from decimal import Decimal
@@ -99,7 +100,8 @@ def test_invoice_groups_by_model_and_kind_and_totals_the_ledger(tenant):
     )
 )
 def test_invoice_total_equals_the_ledger_exactly(db, entries):
-    tenant = tenant_create(name=f"Prop {len(entries)} {id(entries)}", actor="t")
+    # Hypothesis runs every example in the one test transaction: each needs a tenant of its own.
+    tenant = tenant_create(name=f"Prop {uuid.uuid4().hex}", actor="t")
     record_usage(tenant, [(p, m, i, c, o, k) for (p, m), i, c, o, k in entries])
     invoice = invoice_generate(tenant=tenant, period=this_month(), actor="t")
     ledger_total = sum(UsageEntry.objects.filter(tenant=tenant).values_list("cost_nanos", flat=True))

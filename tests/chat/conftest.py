@@ -5,7 +5,10 @@ import pytest
 from billing import services as billing_services
 from billing.models import ModelPrice
 from billing.pricing_data import seed_prices
+from chat import embeddings
+from chat.documents import documents_cache
 from chat.services import chat_settings_cache
+from config.celery import app as celery_app
 from prompts import selectors as prompt_selectors
 from tests.conftest import client_with_key
 from tests.fake_llm import FakeLLMServer
@@ -17,6 +20,8 @@ def _chat_state(db, settings) -> None:
     billing_services.price_table.clear()
     billing_services._period_ids.clear()
     chat_settings_cache.clear()
+    documents_cache.clear()
+    embeddings._query_vectors = embeddings._LocalLRU(4096)
     prompt_selectors.prompt_snapshots.clear()
     seed_prices(ModelPrice)
     settings.CHAT_REQUEST_TIMEOUT_SECONDS = 1.0
@@ -55,3 +60,17 @@ def upstreams(openai_server, anthropic_server, settings):
 @pytest.fixture
 def chat_client(tenant, make_key):
     return client_with_key(make_key(tenant, scopes=["chat"])[1])
+
+
+@pytest.fixture
+def eager_tasks():
+    """Celery tasks run in-process when queued (ingestion right after the upload commits)."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def docs_client(tenant, make_key):
+    return client_with_key(make_key(tenant, scopes=["documents", "chat"])[1])

@@ -234,6 +234,8 @@ def test_chain_and_routing_are_edited_in_the_admin(tenant, admin_client, chat_cl
         "max_input_chars": 1000,
         "injection_policy": "flag",
         "redact_output": ["email"],
+        "rag_enabled": "on",
+        "semantic_cache_threshold": 0.95,
     }
     bad = admin_client.post(
         f"/admin/chat/chatsettings/{settings_row.pk}/change/", {**form, "fallback_chain": "x"}

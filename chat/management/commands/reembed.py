@@ -63,6 +63,8 @@ class Command(BaseCommand):
     def resize_vector_columns(self, dimensions: int) -> None:
         self.stdout.write(f"resizing the vector columns to {dimensions} dimensions (chunks are dropped)")
         with transaction.atomic(), connection.cursor() as cursor:
+            # ALTER TABLE refuses to run while deferred foreign-key checks are pending: run them now.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for tenant_id in tenant_vector_indexes():
                 cursor.execute(f"DROP INDEX IF EXISTS {tenant_vector_index_name(tenant_id)}")
             Chunk.objects.all().delete()
