@@ -63,14 +63,20 @@ when where which who whom why will with would you your
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 
 
+SUFFIXES = ("ing", "ed", "es", "s")
+
+
 def words(text: str) -> list[str]:
-    """Lower-cased content words; a trailing plural "s" is dropped so "documents" meets "document"."""
+    """Lower-cased content words with a common suffix cut ("watered", "watering" and "waters" all
+    become "water"): a crude stemmer, applied alike to documents and questions."""
     found = []
     for word in WORD.findall(text.lower()):
         if word in STOP_WORDS:
             continue
-        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-            word = word[:-1]
+        for suffix in SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+                word = word[: -len(suffix)]
+                break
         found.append(word)
     return found
 

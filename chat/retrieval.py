@@ -145,6 +145,8 @@ def tenant_vector_index_sync(*, tenant_id: int) -> str:
     # transaction (tests run in one).
     concurrently = "" if connection.in_atomic_block else " CONCURRENTLY"
     if chunks >= threshold and valid is not True:
+        if not concurrently:  # DDL refuses to run while deferred foreign-key checks are pending
+            _run_ddl("SET CONSTRAINTS ALL IMMEDIATE")
         if valid is False:
             _run_ddl(f"DROP INDEX{concurrently} IF EXISTS {name}")
         started = time.perf_counter()
@@ -156,6 +158,8 @@ def tenant_vector_index_sync(*, tenant_id: int) -> str:
             )
         finally:
             _run_ddl("RESET maintenance_work_mem")
+        # Fresh row counts: with stale ones the planner may think the tenant small and keep scanning.
+        _run_ddl("ANALYZE chat_chunk")
         logger.info("built %s over %d chunks in %.1f s", name, chunks, time.perf_counter() - started)
         return "created"
     if valid is not None and chunks < threshold // 2:

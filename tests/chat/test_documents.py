@@ -336,3 +336,42 @@ def test_changing_the_embedder_is_caught_at_start_up_and_fixed_by_reembed(tenant
 
     settings.EMBEDDING_BACKEND = "word2vec"
     assert "chat.E001" in {message.id for message in checks.run_checks()}
+
+
+def test_admin_lists_documents_reingests_and_searches_as_a_tenant(
+    admin_client, tenant, django_capture_on_commit_callbacks
+):
+    document, _ = document_create(
+        tenant=tenant, content=b"The ficus needs watering every Tuesday.", content_type="text/plain"
+    )
+    failed, _ = document_create(tenant=tenant, content=b"%PDF-1.4 broken", content_type="application/pdf")
+    document_ingest(document_id=document.pk)
+    document_ingest(document_id=failed.pk)
+    page = admin_client.get("/admin/chat/document/?status__exact=failed").content.decode()
+    assert "Search as a tenant" in page
+    assert str(failed.pk) in page
+    assert str(document.pk) not in page
+    detail = admin_client.get(f"/admin/chat/document/{document.pk}/change/").content.decode()
+    assert "watering every Tuesday" in detail  # the chunk inline
+    assert "100%" in detail
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/chat/document/", {"action": "reingest", "_selected_action": [str(failed.pk)]}
+        )
+    assert response.status_code == 302
+    failed.refresh_from_db()
+    assert failed.status == "failed"  # ingested again (eagerly) and failed again, for the same reason
+    assert "PDF" in failed.error
+    search = admin_client.get(
+        "/admin/chat/document/search/", {"tenant": tenant.pk, "query": "when is the ficus watered", "k": 5}
+    ).content.decode()
+    assert "watering every Tuesday" in search
+    assert "exact search" in search
+    other = admin_client.get("/admin/chat/document/search/", {"tenant": tenant.pk, "query": "", "k": 5})
+    assert other.status_code == 200  # an empty query is a form error, not a 500
+
+
+def test_admin_search_needs_permission(client, django_user_model):
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/admin/chat/document/search/").status_code == 403

@@ -1,0 +1,235 @@
+"""Chat over the tenant's documents: context in the prompt, citations (JSON, SSE, OpenAI-compatible),
+the retrieval span, tenant isolation, and the semantic cache."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from django.core.exceptions import ValidationError
+
+from billing.models import UsageEntry
+from chat.documents import document_create, document_delete, document_ingest
+from chat.embeddings import get_embedder
+from chat.models import SemanticCacheEntry
+from chat.services import chat_settings_for, chat_settings_update
+from monitoring.models import Trace
+from tests.chat.corpus import DOCUMENTS
+from tests.conftest import client_with_key
+
+
+@pytest.fixture
+def local_chain(settings):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["local:local"]
+
+
+def ingest(tenant, title: str, text: str):
+    document, _ = document_create(
+        tenant=tenant, content=text.encode(), content_type="text/plain", title=title, enqueue=False
+    )
+    return document_ingest(document_id=document.pk)
+
+
+def ingest_corpus(tenant) -> dict[str, str]:
+    return {title: str(ingest(tenant, title, text).pk) for title, text in DOCUMENTS.items()}
+
+
+def ask(client, message: str, **fields):
+    return client.post("/api/v1/chat", {"message": message, **fields}, format="json")
+
+
+def spans(trace_id) -> dict[str, dict]:
+    trace = Trace.objects.get(pk=trace_id)
+    return {span.name: span.attributes | {"status": span.status} for span in trace.spans.all()}
+
+
+def test_chat_answers_from_the_documents_with_citations(tenant, chat_client, local_chain):
+    ids = ingest_corpus(tenant)
+    response = ask(chat_client, "How often is the espresso machine descaled?")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["answer"].startswith("From your documents:")
+    assert "descaling runs every two months" in body["answer"]
+    top = body["citations"][0]
+    assert top["document_id"] == ids["Espresso machine"]
+    assert top["title"] == "Espresso machine"
+    assert top["chunk_ordinal"] == 0
+    assert 0 < top["score"] <= 1
+    assert "descaling" in top["snippet"]
+    retrieval = spans(body["trace_id"])["retrieval"]
+    assert retrieval["k"] == 5
+    assert retrieval["chunk_ids"]
+    assert retrieval["query_ms"] >= 0
+    assert len(retrieval["chunk_ids"]) == len(body["citations"])
+
+
+def test_rag_is_off_without_documents_and_when_the_request_says_so(tenant, chat_client, local_chain):
+    plain = ask(chat_client, "How often is the espresso machine descaled?").json()
+    assert plain["citations"] == []
+    assert "retrieval" not in spans(plain["trace_id"])
+    ingest_corpus(tenant)
+    refused = ask(chat_client, "How often is the espresso machine descaled?", rag=False).json()
+    assert refused["citations"] == []
+    assert "retrieval" not in spans(refused["trace_id"])
+    chat_settings_update(tenant=tenant, actor="t", rag_enabled=False)
+    assert ask(chat_client, "How often is the espresso machine descaled?").json()["citations"] == []
+    asked = ask(chat_client, "How often is the espresso machine descaled?", rag=True).json()
+    assert asked["citations"]
+
+
+def test_context_goes_to_the_provider_before_the_question(tenant, chat_client, settings, openai_server):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini"]
+    ingest_corpus(tenant)
+    assert ask(chat_client, "Where is the fertilizer stored?").status_code == 200
+    messages = openai_server.requests[-1]["body"]["messages"]
+    assert messages[-1] == {"role": "user", "content": "Where is the fertilizer stored?"}
+    assert messages[-2]["role"] == "system"
+    assert "Context:" in messages[-2]["content"]
+    assert "[1] Office plants (part 1):" in messages[-2]["content"]
+
+
+def test_context_respects_its_token_budget(tenant, chat_client, local_chain, settings):
+    settings.RAG_CONTEXT_TOKENS = 80  # room for one of the corpus chunks only
+    ingest_corpus(tenant)
+    body = ask(chat_client, "How many weeks of parental leave do employees get?").json()
+    assert [c["title"] for c in body["citations"]] == ["Parental leave"]
+
+
+def test_streamed_chat_ends_with_the_citations(tenant, chat_client, local_chain):
+    ids = ingest_corpus(tenant)
+    response = ask(chat_client, "Where is the fertilizer stored?", stream=True)
+    events = [
+        json.loads(block.split("data: ", 1)[1])
+        for block in b"".join(response.streaming_content).decode().strip().split("\n\n")
+        if block.startswith("event: done")
+    ]
+    assert events[0]["citations"][0]["document_id"] == ids["Office plants"]
+
+
+def test_openai_sdk_can_ask_for_rag_and_gets_citations(tenant, make_key, live_server, local_chain):
+    ids = ingest_corpus(tenant)
+    raw_key = make_key(tenant, scopes=["chat"])[1]
+    client = openai.OpenAI(api_key=raw_key, base_url=f"{live_server.url}/v1", max_retries=0)
+    completion = client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "Can we deploy to production on Friday?"}],
+        extra_body={"rag": True},
+    )
+    assert "Friday" in completion.choices[0].message.content
+    assert completion.model_extra["citations"][0]["document_id"] == ids["Deployment runbook"]
+    plain = client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "Can we deploy to production on Friday?"}]
+    )
+    assert "citations" not in (plain.model_extra or {})
+
+
+def test_citations_never_come_from_another_tenant(tenant, other_tenant, make_key, local_chain):
+    ingest_corpus(other_tenant)
+    ingest(tenant, "Our kitchen", "The kettle is descaled every week.")
+    mine = {str(d) for d in tenant.chat_document_set.values_list("id", flat=True)}
+    client = client_with_key(make_key(tenant, scopes=["chat"])[1])
+    for question in ["How often is the espresso machine descaled?", "Where is the fertilizer stored?"]:
+        body = ask(client, question).json()
+        assert {c["document_id"] for c in body["citations"]} <= mine
+
+
+# --- the semantic cache -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def semantic_cache(tenant):
+    chat_settings_update(tenant=tenant, actor="t", semantic_cache_enabled=True, semantic_cache_threshold=0.9)
+
+
+def similarity(a: str, b: str) -> float:
+    left, right = get_embedder().embed([a, b])
+    return float(left @ right)
+
+
+QUESTION = "How many weeks of paid parental leave do employees receive?"
+NEAR = "How many weeks of paid parental leave do employees receive in total?"  # similarity 0.94
+OTHER = "How many weeks of paid vacation do contractors receive?"
+
+
+def test_semantic_cache_answers_close_questions_at_no_cost(
+    tenant, chat_client, openai_server, settings, semantic_cache
+):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini"]
+    assert similarity(QUESTION, NEAR) >= 0.9 > similarity(QUESTION, OTHER)
+    first = ask(chat_client, QUESTION, temperature=0).json()
+    assert first["cached"] is False
+    calls = len(openai_server.requests)
+    near = ask(chat_client, NEAR, temperature=0).json()
+    assert near["cached"] is True
+    assert near["answer"] == first["answer"]
+    assert float(near["usage"]["cost_usd"]) == 0
+    assert len(openai_server.requests) == calls  # no provider call
+    assert UsageEntry.objects.get(request_id=near["id"]).kind == "cache_hit"
+    assert UsageEntry.objects.get(request_id=near["id"]).cost_nanos == 0
+    cache_span = [s for s in Trace.objects.get(pk=near["trace_id"]).spans.all() if s.name == "cache"]
+    semantic = next(s for s in cache_span if s.attributes["kind"] == "semantic")
+    assert semantic.attributes["hit"] is True
+    assert semantic.attributes["similarity"] >= 0.9
+    other = ask(chat_client, OTHER, temperature=0).json()
+    assert other["cached"] is False
+    assert len(openai_server.requests) == calls + 1
+
+
+def test_semantic_cache_threshold_is_the_tenants(tenant, chat_client, local_chain, semantic_cache):
+    chat_settings_update(tenant=tenant, actor="t", semantic_cache_threshold=1.0)
+    ask(chat_client, QUESTION, temperature=0)
+    assert similarity(QUESTION, NEAR) < 1.0
+    assert ask(chat_client, NEAR, temperature=0).json()["cached"] is False
+    chat_settings_update(tenant=tenant, actor="t", semantic_cache_threshold=0.9)
+    assert ask(chat_client, NEAR, temperature=0).json()["cached"] is True
+
+
+def test_semantic_cache_is_per_tenant(
+    tenant, other_tenant, chat_client, make_key, local_chain, semantic_cache
+):
+    chat_settings_update(tenant=other_tenant, actor="t", semantic_cache_enabled=True)
+    ask(chat_client, QUESTION, temperature=0)
+    other = client_with_key(make_key(other_tenant, scopes=["chat"])[1])
+    assert ask(other, QUESTION, temperature=0).json()["cached"] is False
+    assert SemanticCacheEntry.objects.filter(tenant=other_tenant).count() == 1
+
+
+def test_semantic_cache_is_off_for_multi_turn_and_warm_requests(
+    tenant, chat_client, local_chain, semantic_cache
+):
+    first = ask(chat_client, QUESTION, temperature=0).json()
+    follow_up = ask(chat_client, QUESTION, temperature=0, conversation_id=first["conversation_id"]).json()
+    assert follow_up["cached"] is False  # inside a conversation: earlier turns change the meaning
+    assert ask(chat_client, NEAR, temperature=1).json()["cached"] is False  # sampling: no caching at all
+    chat_settings_update(tenant=tenant, actor="t", semantic_cache_multi_turn=True)
+    again = ask(chat_client, NEAR, temperature=0, conversation_id=first["conversation_id"]).json()
+    assert again["cached"] is True
+
+
+def test_semantic_cache_is_per_model_and_prompt_version(
+    tenant, chat_client, settings, semantic_cache, upstreams
+):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["local:local"]
+    ask(chat_client, QUESTION, temperature=0)
+    assert ask(chat_client, QUESTION, temperature=0, model="gpt-4o-mini").json()["cached"] is False
+
+
+def test_a_document_change_empties_the_semantic_cache(tenant, chat_client, local_chain, semantic_cache):
+    document = ingest(tenant, "Leave", "Employees receive sixteen weeks of paid parental leave.")
+    first = ask(chat_client, QUESTION, temperature=0).json()
+    assert first["citations"]
+    assert ask(chat_client, NEAR, temperature=0).json()["cached"] is True
+    document_delete(tenant=tenant, document_id=document.pk)
+    after = ask(chat_client, NEAR, temperature=0).json()
+    assert after["cached"] is False
+    assert after["citations"] == []
+
+
+def test_bad_rag_and_semantic_inputs_are_refused(chat_client, tenant):
+    assert ask(chat_client, "hi", rag="maybe").status_code == 400
+    chat_settings_for(tenant=tenant)
+    with pytest.raises(ValidationError, match=r"0\.5"):
+        chat_settings_update(tenant=tenant, actor="t", semantic_cache_threshold=0.1)
+    tenant.chat_settings.refresh_from_db()
+    assert tenant.chat_settings.semantic_cache_threshold == 0.95
