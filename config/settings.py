@@ -123,6 +123,9 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
+# Candidates an HNSW scan keeps, set on every database connection. pgvector's default of 40 misses
+# whole clusters for some questions; 200 found them all in bench/bench_retrieval.py for ~1 ms more.
+RAG_HNSW_EF_SEARCH = env_int("RAG_HNSW_EF_SEARCH", 200)
 if DATABASE_URL:
     DATABASES = {
         "default": dj_database_url.parse(
@@ -133,10 +136,9 @@ if DATABASE_URL:
     }
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (pgvector is required)")
-    # Candidates an HNSW scan keeps (pgvector's default is 40): more recall for a little latency.
     database_options = DATABASES["default"].setdefault("OPTIONS", {})
     database_options["options"] = (
-        database_options.get("options", "") + f" -c hnsw.ef_search={env_int('RAG_HNSW_EF_SEARCH', 100)}"
+        database_options.get("options", "") + f" -c hnsw.ef_search={RAG_HNSW_EF_SEARCH}"
     ).strip()
 else:
     # Importable without a database (mypy, `manage.py help`); any query fails with Django's clear error.
@@ -255,7 +257,7 @@ RAG_CONTEXT_TOKENS = env_int("RAG_CONTEXT_TOKENS", 1500)  # retrieved text put i
 RAG_MIN_SCORE = float(env_str("RAG_MIN_SCORE", "0.05"))  # cosine similarity below this is not context
 # Tenants with more chunks than this get their own HNSW index (a partial index on tenant_id); smaller
 # tenants are searched exactly. Both give full recall at any tenant size (bench/bench_retrieval.py).
-# hnsw.ef_search is set on every database connection from RAG_HNSW_EF_SEARCH (see DATABASES).
+# hnsw.ef_search comes from RAG_HNSW_EF_SEARCH (see DATABASES).
 RAG_TENANT_INDEX_MIN_CHUNKS = env_int("RAG_TENANT_INDEX_MIN_CHUNKS", 10_000)
 RAG_INDEX_BUILD_MEMORY = env_str("RAG_INDEX_BUILD_MEMORY", "512MB")  # maintenance_work_mem of a build
 SEMANTIC_CACHE_TTL_SECONDS = env_int("SEMANTIC_CACHE_TTL_SECONDS", 24 * 3600)
