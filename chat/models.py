@@ -195,6 +195,12 @@ class SemanticCacheEntry(TenantOwnedModel):
     model = models.CharField(max_length=120, help_text="The provider:model the request was routed to first.")
     prompt_name = models.CharField(max_length=100, blank=True)
     prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    instructions_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Hash of what shapes the answer besides the question: the rendered prompt (variables "
+        "included), system messages and max_tokens.",
+    )
     answer = models.TextField()
     provider = models.CharField(max_length=40)
     served_model = models.CharField(max_length=120)

@@ -1,8 +1,10 @@
 """The semantic cache: a tenant's earlier answer for a question that means the same.
 
 Questions are embedded with the deployment's embedder; a new question reuses the answer of the
-closest earlier one when their cosine similarity reaches the tenant's threshold and the model and
-prompt version are the same. Entries expire (SEMANTIC_CACHE_TTL_SECONDS) and a tenant's entries
+closest earlier one when their cosine similarity reaches the tenant's threshold and the model, the
+prompt version and the instructions (the prompt as rendered with this request's variables, system
+messages, max_tokens) are the same: an answer written for one end user's variables never reaches
+another's. Entries expire (SEMANTIC_CACHE_TTL_SECONDS) and a tenant's entries
 are dropped whenever its documents change, since answers may quote them. Each tenant's entries are
 searched exactly (b-tree on tenant, model, prompt), so no other tenant's question can match.
 """
@@ -28,6 +30,7 @@ class SemanticKey:
     model: str  # the provider:model the request is routed to first
     prompt_name: str
     prompt_version: int | None
+    instructions_sha256: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ def semantic_cache_lookup(*, tenant: Tenant, key: SemanticKey) -> SemanticMatch:
             model=key.model,
             prompt_name=key.prompt_name,
             prompt_version=key.prompt_version,
+            instructions_sha256=key.instructions_sha256,
             expires_at__gt=timezone.now(),
         )
         .annotate(distance=CosineDistance("embedding", key.vector))
@@ -64,6 +68,7 @@ def semantic_cache_store(
         model=key.model,
         prompt_name=key.prompt_name,
         prompt_version=key.prompt_version,
+        instructions_sha256=key.instructions_sha256,
         answer=hit["answer"],
         provider=hit["provider"],
         served_model=hit["model"],

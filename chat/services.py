@@ -386,6 +386,8 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
                 prompt_version=resolved.version.number,
                 prompt_variant=resolved.variant_id,
             )
+    # What, besides the question, shapes the answer (the semantic cache must match it exactly).
+    instructions = list(messages) + [m for m in params.messages or [] if m["role"] == "system"]
     if params.messages is not None:
         messages += params.messages
     else:
@@ -433,6 +435,7 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
                 targets[0].key,
                 prompt_info["name"] if prompt_info else "",
                 prompt_info["version"] if prompt_info else None,
+                hashlib.sha256(json.dumps([instructions, max_tokens], sort_keys=True).encode()).hexdigest(),
             )
     return Prepared(
         params,

@@ -10,6 +10,7 @@ from chat.documents import documents_cache
 from chat.services import chat_settings_cache
 from config.celery import app as celery_app
 from prompts import selectors as prompt_selectors
+from prompts.services import prompt_template_create, prompt_version_create
 from tests.conftest import client_with_key
 from tests.fake_llm import FakeLLMServer
 
@@ -74,3 +75,19 @@ def eager_tasks():
 @pytest.fixture
 def docs_client(tenant, make_key):
     return client_with_key(make_key(tenant, scopes=["documents", "chat"])[1])
+
+
+@pytest.fixture
+def support_prompt(tenant):
+    """Template "support": v1 "You answer for {{ company }}.", v2 "Be brief, {{ company }}."."""
+    template = prompt_template_create(
+        tenant=tenant,
+        name="support",
+        kind="chat",
+        actor="t",
+        messages=[{"role": "system", "content": "You answer for {{ company }}."}],
+    )
+    prompt_version_create(
+        template=template, actor="t", messages=[{"role": "system", "content": "Be brief, {{ company }}."}]
+    )
+    return template

@@ -8,7 +8,7 @@ from billing.models import UsageEntry
 from chat.models import Conversation
 from chat.services import chat_settings_update
 from monitoring.models import Span, Trace
-from prompts.services import experiment_start, prompt_template_create, prompt_version_create
+from prompts.services import experiment_start
 from tests.chat.test_chain import ask, parse_sse
 
 
@@ -56,19 +56,9 @@ def test_unknown_or_foreign_conversation_is_404(other_tenant, chat_client, upstr
     assert response.status_code == 404
 
 
-def test_prompt_version_and_variant_are_recorded(tenant, chat_client, upstreams):
+def test_prompt_version_and_variant_are_recorded(tenant, chat_client, upstreams, support_prompt):
     openai_server, _ = upstreams
-    template = prompt_template_create(
-        tenant=tenant,
-        name="support",
-        kind="chat",
-        actor="t",
-        messages=[{"role": "system", "content": "You answer for {{ company }}."}],
-    )
-    prompt_version_create(
-        template=template, actor="t", messages=[{"role": "system", "content": "Be brief, {{ company }}."}]
-    )
-    experiment = experiment_start(template=template, variants=[(1, 0), (2, 100)], actor="t")
+    experiment = experiment_start(template=support_prompt, variants=[(1, 0), (2, 100)], actor="t")
     body = ask(chat_client, prompt="support", variables={"company": "Acme"}, user="u1").json()
     variant = experiment.variants.get(version__number=2).pk
     assert body["prompt"] == {"name": "support", "version": 2, "variant": variant}

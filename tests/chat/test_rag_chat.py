@@ -215,6 +215,24 @@ def test_semantic_cache_is_per_model_and_prompt_version(
     assert ask(chat_client, QUESTION, temperature=0, model="gpt-4o-mini").json()["cached"] is False
 
 
+def test_semantic_cache_is_per_prompt_version_variables_and_max_tokens(
+    tenant, chat_client, local_chain, semantic_cache, support_prompt
+):
+    def cached(question: str, **fields) -> bool:
+        fields = {"prompt": "support", "version": 1, "variables": {"company": "Acme"}, **fields}
+        response = ask(chat_client, question, temperature=0, **fields)
+        assert response.status_code == 200, response.content
+        return response.json()["cached"]
+
+    assert cached(QUESTION) is False
+    assert cached(NEAR) is True
+    # Another end user's variables: the answer was written for Acme, never served to Globex.
+    assert cached(NEAR, variables={"company": "Globex"}) is False
+    assert cached(NEAR, version=2) is False
+    assert cached(NEAR, max_tokens=5) is False
+    assert SemanticCacheEntry.objects.filter(tenant=tenant).count() == 4
+
+
 def test_a_document_change_empties_the_semantic_cache(tenant, chat_client, local_chain, semantic_cache):
     document = ingest(tenant, "Leave", "Employees receive sixteen weeks of paid parental leave.")
     first = ask(chat_client, QUESTION, temperature=0).json()
