@@ -188,39 +188,50 @@ class OpenAIProvider:
         return params
 
     @staticmethod
-    def _usage(usage: Any) -> Usage:
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
-        return Usage(usage.prompt_tokens - cached, cached, usage.completion_tokens)
+    def _usage(usage: dict[str, Any]) -> Usage:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return Usage(usage["prompt_tokens"] - cached, cached, usage["completion_tokens"])
 
+    # The SDK's generic `post` with the wire-format body, read back as plain dicts: the same client,
+    # auth, timeouts and typed errors as `chat.completions.create`, without validating our own params
+    # and building response models on the hot path. A response of the wrong shape raises
+    # KeyError/TypeError, which `classify` reports as malformed.
     def complete(self, request: ProviderRequest) -> Completion:
         try:
-            response = self.client.chat.completions.create(**self._params(request))
-            choice = response.choices[0]
-            if response.usage is None:
+            response: Any = self.client.post("/chat/completions", body=self._params(request), cast_to=object)
+            choice = response["choices"][0]
+            if not response.get("usage"):
                 raise ProviderError("malformed", "the provider reported no usage")
             return Completion(
-                choice.message.content or "", self._usage(response.usage), choice.finish_reason or "stop"
+                choice["message"].get("content") or "",
+                self._usage(response["usage"]),
+                choice.get("finish_reason") or "stop",
             )
         except Exception as exc:
             raise classify(exc) from exc
 
     def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+        body = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
         try:
-            chunks = self.client.chat.completions.create(
-                **self._params(request),
+            chunks = self.client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
+                options={"timeout": _stream_timeout()},
                 stream=True,
-                stream_options={"include_usage": True},
-                timeout=_stream_timeout(),
+                stream_cls=openai.Stream[object],
             )
             finished = False
+            chunk: Any
             for chunk in chunks:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    finished = True
-                if chunk.usage is not None:
-                    yield self._usage(chunk.usage)
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield delta["content"]
+                    if choice.get("finish_reason"):
+                        finished = True
+                if chunk.get("usage"):
+                    yield self._usage(chunk["usage"])
         except ProviderError:
             raise
         except Exception as exc:
