@@ -3,6 +3,7 @@ documents (status, progress, re-ingest, search as a tenant)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django import forms
@@ -12,14 +13,16 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
 
-from chat.documents import document_reingest
-from chat.models import ChatSettings, Chunk, Conversation, Document, DocumentStatus, Message
+from chat.documents import document_delete, document_reingest
+from chat.models import ChatSettings, Chunk, Conversation, Document, Message
 from chat.retrieval import retrieve, tenant_vector_indexes
 from chat.selectors import known_circuits
 from chat.services import chat_settings_update
 from tenants.admin import actor_for
-from tenants.errors import DomainError
+from tenants.errors import DomainError, NotFoundError
 from tenants.models import Tenant
 
 
@@ -144,17 +147,7 @@ class ConversationAdmin(admin.ModelAdmin):
         return False
 
 
-class ChunkInline(admin.TabularInline):
-    model = Chunk
-    fields = ("ordinal", "token_count", "text")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = False
-    max_num = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+CHUNK_PREVIEW_COUNT = 20
 
 
 class DocumentSearchForm(forms.Form):
@@ -193,10 +186,10 @@ class DocumentAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
         "ingested_at",
+        "first_chunks",
     ]
     fields = ["title", *readonly_fields]
     actions = ["reingest"]
-    inlines = [ChunkInline]
     change_list_template = "admin/chat/document/change_list.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
@@ -209,14 +202,38 @@ class DocumentAdmin(admin.ModelAdmin):
     def progress_percent(self, document: Document) -> str:
         return f"{document.progress:.0%}"
 
+    @admin.display(description=f"first {CHUNK_PREVIEW_COUNT} chunks")
+    def first_chunks(self, document: Document) -> str:
+        chunks = Chunk.objects.filter(tenant_id=document.tenant_id, document=document).only(
+            "ordinal", "token_count", "text"
+        )[:CHUNK_PREVIEW_COUNT]
+        return format_html(
+            "<table>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}&nbsp;tokens</td><td>{}</td></tr>",
+                ((chunk.ordinal, chunk.token_count, Truncator(chunk.text).chars(300)) for chunk in chunks),
+            ),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Document) -> None:
+        # Through the service: the tenant's semantic cache and vector index must follow.
+        document_delete(tenant=obj.tenant, document_id=obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        for document in queryset.select_related("tenant"):
+            with contextlib.suppress(NotFoundError):  # deleted meanwhile
+                document_delete(tenant=document.tenant, document_id=document.pk)
+
     @admin.action(description="Ingest the selected documents again", permissions=["change"])
     def reingest(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         queued, busy = 0, 0
         for document in queryset.select_related("tenant"):
-            if document.status in (DocumentStatus.PENDING, DocumentStatus.PROCESSING):
+            try:
+                document_reingest(tenant=document.tenant, document_id=document.pk)
+            except DomainError:  # queued or being ingested (maybe since the list was shown), or gone
                 busy += 1
                 continue
-            document_reingest(tenant=document.tenant, document_id=document.pk)
             queued += 1
         self.message_user(request, f"{queued} document(s) queued for ingestion.", messages.SUCCESS)
         if busy:

@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import PurePath
 
 import numpy as np
@@ -78,8 +79,9 @@ def content_type_for(*, declared: str | None, filename: str) -> str:
 
 
 def _check_upload(content: bytes, content_type: str) -> None:
+    empty = DomainError("The document is empty.", param="file", code="empty_document")
     if not content.strip():
-        raise DomainError("The document is empty.", param="file", code="empty_document")
+        raise empty
     if len(content) > settings.RAG_MAX_UPLOAD_BYTES:
         raise ApiError(
             f"The document is {len(content)} bytes; the limit is {settings.RAG_MAX_UPLOAD_BYTES}.",
@@ -92,13 +94,15 @@ def _check_upload(content: bytes, content_type: str) -> None:
             raise DomainError("The file is not a PDF (no %PDF- header).", param="file", code="invalid_pdf")
         return
     try:
-        content.decode("utf-8-sig")
+        text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DomainError(
             f"Text documents must be UTF-8 (invalid byte at position {exc.start}).",
             param="file",
             code="invalid_encoding",
         ) from None
+    if not text.strip():  # Unicode whitespace or a byte order mark only
+        raise empty
 
 
 def _title_for(title: str, filename: str, content: bytes, content_type: str) -> str:
@@ -107,8 +111,8 @@ def _title_for(title: str, filename: str, content: bytes, content_type: str) -> 
     if filename:
         return PurePath(filename).stem[:300] or filename[:300]
     if content_type != PDF:
-        first_line = content.decode("utf-8-sig").strip().splitlines()[0]
-        return first_line.lstrip("# ").strip()[:80] or "Untitled"
+        lines = content.decode("utf-8-sig").strip().splitlines()
+        return (lines[0].lstrip("# ").strip()[:80] if lines else "") or "Untitled"
     return "Untitled"
 
 
@@ -147,10 +151,12 @@ def document_create(
 
 
 def _enqueue_ingest(document: Document) -> None:
+    """After commit. Should the broker be down, the document stays pending and is marked failed (so it
+    can be ingested again) by `documents_fail_stalled`; the upload itself has succeeded."""
     from chat.tasks import document_ingest_task
 
     document_id = str(document.pk)
-    transaction.on_commit(lambda: document_ingest_task.delay(document_id))
+    transaction.on_commit(lambda: document_ingest_task.delay(document_id), robust=True)
 
 
 def document_reingest(*, tenant: Tenant, document_id: uuid.UUID | str) -> Document:
@@ -173,11 +179,30 @@ def document_reingest(*, tenant: Tenant, document_id: uuid.UUID | str) -> Docume
 
 
 def document_delete(*, tenant: Tenant, document_id: uuid.UUID | str) -> None:
+    """Removes the document and its chunks. The row lock waits for an ingestion storing its chunks."""
     with transaction.atomic():
-        deleted, _ = Document.objects.filter(tenant=tenant, pk=document_id).delete()  # chunks cascade
-        if not deleted:
+        document = Document.objects.select_for_update().filter(tenant=tenant, pk=document_id).first()
+        if document is None:
             raise NotFoundError("No such document.", param="id")
+        document.delete()  # chunks cascade
         tenant_documents_changed(tenant_id=tenant.pk)
+
+
+STALLED_REASON = (
+    "Ingestion stopped without finishing (the worker was lost or the queue unreachable); "
+    "ingest it again to retry."
+)
+
+
+def documents_fail_stalled() -> int:
+    """Documents pending or processing without progress for RAG_INGEST_STALLED_SECONDS (a worker killed
+    mid-task, an enqueue lost) are marked failed, so the tenant can ingest them again. Returns how many.
+    Should the lost task still run later, it ingests the document all the same."""
+    cutoff = timezone.now() - timedelta(seconds=settings.RAG_INGEST_STALLED_SECONDS)
+    stalled = Document.objects.filter(
+        status__in=(DocumentStatus.PENDING, DocumentStatus.PROCESSING), updated_at__lt=cutoff
+    )
+    return stalled.update(status=DocumentStatus.FAILED, error=STALLED_REASON, updated_at=timezone.now())
 
 
 # --- extraction ---------------------------------------------------------------------------------------
@@ -253,11 +278,15 @@ def _units(text: str, max_tokens: int) -> Iterator[tuple[int, int]]:
             else:
                 window_start = position
                 for word in re.finditer(r"\S+", text[position:end]):
-                    word_end = position + word.end()
-                    if word_end - window_start > max_chars and position + word.start() > window_start:
-                        yield window_start, position + word.start() - 1
-                        window_start = position + word.start()
-                yield window_start, end
+                    word_start, word_end = position + word.start(), position + word.end()
+                    if word_end - window_start > max_chars and word_start > window_start:
+                        yield window_start, word_start - 1
+                        window_start = word_start
+                    while word_end - window_start > max_chars:  # one "word" longer than a chunk: cut it
+                        yield window_start, window_start + max_chars
+                        window_start += max_chars
+                if end > window_start:
+                    yield window_start, end
         position = separator.end() if separator else len(text)
 
 
@@ -321,7 +350,7 @@ def document_ingest(
         batch = pieces[offset : offset + batch_size]
         vectors.extend(embedder.embed([piece.text for piece in batch]))
         embedded = offset + len(batch)
-        Document.objects.filter(pk=document.pk).update(chunks_embedded=embedded)
+        Document.objects.filter(pk=document.pk).update(chunks_embedded=embedded, updated_at=timezone.now())
         if on_progress is not None:
             on_progress(embedded, len(pieces))
     with transaction.atomic():

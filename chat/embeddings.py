@@ -243,11 +243,13 @@ class _LocalLRU:
 _query_vectors = _LocalLRU(4096)
 
 
-def embed_query(text: str) -> tuple[np.ndarray, bool]:
+def embed_query(text: str, *, tenant_id: int) -> tuple[np.ndarray, bool]:
     """(vector, cached) for a search query. Repeated queries are served from process memory, and for
-    expensive embedders from Redis too, so every worker shares one provider call per query."""
+    expensive embedders from Redis too, so every worker shares one provider call per query. Entries
+    are per tenant: a fast answer must not tell one tenant what another has asked."""
     embedder = get_embedder()
-    key = "embedding:query:" + hashlib.sha256(f"{embedder.name}\x00{text}".encode()).hexdigest()
+    material = f"{embedder.name}\x00{int(tenant_id)}\x00{text}"
+    key = "embedding:query:" + hashlib.sha256(material.encode()).hexdigest()
     vector = _query_vectors.get(key)
     if vector is not None:
         return vector, True

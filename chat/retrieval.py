@@ -82,7 +82,7 @@ SELECT c.id, c.document_id, d.title, c.ordinal, c.text, c.distance
          WHERE tenant_id = {tenant_id}
          ORDER BY embedding <=> %(vector)s::vector
          LIMIT %(k)s) AS c
-  JOIN chat_document AS d ON d.id = c.document_id
+  JOIN chat_document AS d ON d.id = c.document_id AND d.tenant_id = {tenant_id}
  ORDER BY c.distance
 """
 
@@ -101,7 +101,7 @@ def nearest_chunks(*, tenant_id: int, vector: np.ndarray, k: int) -> list[Retrie
 def retrieve(*, tenant_id: int, query: str, k: int, min_score: float | None = None) -> Retrieval:
     """The k chunks of this tenant closest to `query` with a score of at least `min_score`."""
     started = time.perf_counter()
-    vector, cached = embed_query(query)
+    vector, cached = embed_query(query, tenant_id=tenant_id)
     embedded = time.perf_counter()
     retrieval = Retrieval(embed_ms=(embedded - started) * 1000, cached_embedding=cached)
     if not np.any(vector):  # no content words: nothing to compare (and cosine distance is undefined)
@@ -137,9 +137,28 @@ def _run_ddl(statement: str) -> None:
         cursor.execute(statement)
 
 
+# pg_advisory_lock(INDEX_SYNC_LOCK, tenant id): one sync per tenant at a time, across workers.
+INDEX_SYNC_LOCK = 0x5247  # "RG"
+
+
 def tenant_vector_index_sync(*, tenant_id: int) -> str:
     """Builds the tenant's HNSW index once it has RAG_TENANT_INDEX_MIN_CHUNKS chunks; drops it when the
-    tenant shrinks below half of that (so a tenant at the threshold does not flap). Returns what it did."""
+    tenant shrinks below half of that (so a tenant at the threshold does not flap). Returns what it did,
+    or "busy" when another worker is syncing this tenant (its build shows as invalid until done, and
+    must not be dropped as a failed one)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [INDEX_SYNC_LOCK, int(tenant_id)])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        return "busy"
+    try:
+        return _tenant_vector_index_sync(int(tenant_id))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [INDEX_SYNC_LOCK, int(tenant_id)])
+
+
+def _tenant_vector_index_sync(tenant_id: int) -> str:
     threshold = settings.RAG_TENANT_INDEX_MIN_CHUNKS
     chunks = Chunk.objects.filter(tenant_id=tenant_id).count()
     valid = tenant_vector_indexes().get(int(tenant_id))

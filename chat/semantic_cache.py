@@ -11,6 +11,7 @@ searched exactly (b-tree on tenant, model, prompt), so no other tenant's questio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -53,7 +54,7 @@ def semantic_cache_lookup(*, tenant: Tenant, key: SemanticKey) -> SemanticMatch:
         .order_by("distance")
         .first()
     )
-    if closest is None:
+    if closest is None or math.isnan(closest.distance):  # NaN: an entry without content words
         return SemanticMatch(None, None)
     return SemanticMatch(closest, round(1.0 - float(closest.distance), 4))
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
@@ -429,13 +430,21 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
         single_turn = params.conversation_id is None and (
             params.messages is None or sum(m["role"] in ("user", "assistant") for m in params.messages) == 1
         )
-        if single_turn or chat_settings.semantic_cache_multi_turn:
+        vector = (
+            embed_query(params.message, tenant_id=tenant.pk)[0]
+            if single_turn or chat_settings.semantic_cache_multi_turn
+            else None
+        )
+        # A question without content words has no direction to compare; with or without documents in
+        # the prompt the answer differs, so RAG is part of what must match.
+        if vector is not None and np.any(vector):
+            shaping = json.dumps([instructions, max_tokens, use_rag], sort_keys=True)
             semantic_key = SemanticKey(
-                embed_query(params.message)[0],
+                vector,
                 targets[0].key,
                 prompt_info["name"] if prompt_info else "",
                 prompt_info["version"] if prompt_info else None,
-                hashlib.sha256(json.dumps([instructions, max_tokens], sort_keys=True).encode()).hexdigest(),
+                hashlib.sha256(shaping.encode()).hexdigest(),
             )
     return Prepared(
         params,

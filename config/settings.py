@@ -185,6 +185,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Tenants that grew or shrank past RAG_TENANT_INDEX_MIN_CHUNKS get or lose their vector index.
     "sync-vector-indexes": {"task": "chat.tasks.vector_indexes_sync_task", "schedule": 900.0},
     "purge-semantic-cache": {"task": "chat.tasks.semantic_cache_purge_task", "schedule": 3600.0},
+    "fail-stalled-documents": {"task": "chat.tasks.documents_fail_stalled_task", "schedule": 300.0},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -252,6 +253,8 @@ QUERY_EMBEDDING_CACHE_SECONDS = env_int("QUERY_EMBEDDING_CACHE_SECONDS", 24 * 36
 RAG_MAX_UPLOAD_BYTES = env_int("RAG_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 RAG_CHUNK_TOKENS = env_int("RAG_CHUNK_TOKENS", 300)
 RAG_CHUNK_OVERLAP_TOKENS = env_int("RAG_CHUNK_OVERLAP_TOKENS", 50)
+# A document pending or processing without progress for this long is marked failed (can be retried).
+RAG_INGEST_STALLED_SECONDS = env_int("RAG_INGEST_STALLED_SECONDS", 1800)
 RAG_TOP_K = env_int("RAG_TOP_K", 5)
 RAG_CONTEXT_TOKENS = env_int("RAG_CONTEXT_TOKENS", 1500)  # retrieved text put into the prompt, at most
 RAG_MIN_SCORE = float(env_str("RAG_MIN_SCORE", "0.05"))  # cosine similarity below this is not context

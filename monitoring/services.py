@@ -4,6 +4,8 @@ so tracing adds no database round trip per span on the hot path."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
@@ -34,6 +36,8 @@ TTFT = Histogram(
     ["provider"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
+logger = logging.getLogger(__name__)
+
 # The trace row and its spans (sent as one JSON array) in one statement. The columns come from the
 # models, never from a request.
 TRACE_FIELDS = Trace._meta.concrete_fields
@@ -49,6 +53,17 @@ FROM trace, jsonb_to_recordset(%s::jsonb) AS span(
     ordinal int, name text, status text, start_ms float8, duration_ms float8, attributes jsonb)
 """  # noqa: S608
 ATTEMPTS = Counter("llm_provider_attempts_total", "Provider attempts", ["provider", "model", "outcome"])
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity (PostgreSQL refuses them in jsonb): they are recorded as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 @dataclass
@@ -119,17 +134,14 @@ class TraceRecorder:
             **self.fields,
         )
         spans = [{"ordinal": index, **span} for index, span in enumerate(self.spans)]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                INSERT_TRACE_SQL,
-                [
-                    *(
-                        field.get_db_prep_save(field.pre_save(trace, True), connection)
-                        for field in TRACE_FIELDS
-                    ),
-                    json.dumps(spans, cls=DjangoJSONEncoder),
-                ],
-            )
+        values = [field.get_db_prep_save(field.pre_save(trace, True), connection) for field in TRACE_FIELDS]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    INSERT_TRACE_SQL, [*values, json.dumps(_json_safe(spans), cls=DjangoJSONEncoder)]
+                )
+        except DatabaseError:  # the request was served (and charged): losing its trace must not fail it
+            logger.exception("writing trace %s failed", self.id)
         labels = {"provider": trace.provider or "-", "model": trace.model or "-"}
         REQUESTS.labels(endpoint=self.endpoint, status=status, **labels).inc()
         LATENCY.labels(endpoint=self.endpoint).observe(latency / 1000)

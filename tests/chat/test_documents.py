@@ -4,16 +4,26 @@ recorded failures), progress, deletion, the ingest and reembed commands, the sta
 from __future__ import annotations
 
 import itertools
+import threading
+from datetime import timedelta
 
 import pytest
 from django.core import checks
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from chat.checks import vector_column_dimensions
-from chat.documents import chunk_text, document_create, document_ingest
+from chat.documents import (
+    chunk_text,
+    document_create,
+    document_delete,
+    document_ingest,
+    documents_fail_stalled,
+)
 from chat.embeddings import get_embedder
-from chat.models import Chunk, Document, DocumentStatus
+from chat.models import Chunk, Document, DocumentStatus, SemanticCacheEntry
 from chat.tokens import estimate_tokens
 from tests.conftest import client_with_key
 
@@ -149,11 +159,20 @@ def test_bad_uploads_get_a_clear_4xx_and_change_nothing(
 
 @pytest.mark.parametrize(
     "body",
-    [{"title": "x"}, {"text": ""}, {"text": ["a list"]}, {"text": "ok", "content_type": "application/pdf"}],
+    [
+        {"title": "x"},
+        {"text": ""},
+        {"text": ["a list"]},
+        {"text": "ok", "content_type": "application/pdf"},
+        {"text": "\u00a0"},  # Unicode whitespace and byte order marks only: empty too
+        {"text": "\ufeff"},
+        {"text": "\u2003\n\u3000"},
+    ],
 )
 def test_bad_json_uploads_are_400(docs_client, body):
     response = docs_client.post("/api/v1/documents", body, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["message"]
     assert Document.objects.count() == 0
 
 
@@ -257,6 +276,69 @@ def test_documents_need_the_documents_scope(tenant, make_key):
     assert chat_only.post("/api/v1/documents", {"text": "x"}, format="json").status_code == 403
 
 
+def test_a_permanent_embedding_error_fails_at_once_without_leaking_provider_details(
+    docs_client, settings, openai_server, django_capture_on_commit_callbacks
+):
+    settings.EMBEDDING_BACKEND = "openai"
+    settings.EMBEDDING_MAX_RETRIES = 0
+    openai_server.then("401")  # our credentials refused: retrying cannot help
+    with django_capture_on_commit_callbacks(execute=True):
+        created = upload_file(docs_client, "a.txt", b"Embed me please.", "text/plain").json()
+    document = docs_client.get(f"/api/v1/documents/{created['id']}").json()
+    assert document["status"] == "failed"
+    assert document["error"].startswith("Embedding failed (config)")
+    assert settings.OPENAI_BASE_URL not in document["error"]
+    assert "401" not in document["error"]
+    assert len([r for r in openai_server.requests if r["path"].endswith("/embeddings")]) == 1
+
+
+def test_a_word_longer_than_a_chunk_is_cut():
+    text = "Start. " + "x" * 5000 + " end."
+    pieces = chunk_text(text, chunk_tokens=100, overlap_tokens=10)
+    assert len(pieces) > 1
+    assert all(piece.token_count <= 100 for piece in pieces)
+    assert "".join(piece.text for piece in pieces).count("x") >= 5000  # nothing of it is lost
+
+
+def test_stalled_documents_are_failed_and_can_be_ingested_again(
+    docs_client, tenant, settings, django_capture_on_commit_callbacks
+):
+    settings.RAG_INGEST_STALLED_SECONDS = 600
+    stalled, _ = document_create(
+        tenant=tenant, content=b"Lost in the queue.", content_type="text/plain", enqueue=False
+    )
+    recent, _ = document_create(
+        tenant=tenant, content=b"Just queued.", content_type="text/plain", enqueue=False
+    )
+    Document.objects.filter(pk=stalled.pk).update(updated_at=timezone.now() - timedelta(seconds=601))
+    assert documents_fail_stalled() == 1
+    stalled.refresh_from_db()
+    recent.refresh_from_db()
+    assert (stalled.status, recent.status) == ("failed", "pending")
+    assert "ingest it again" in stalled.error
+    with django_capture_on_commit_callbacks(execute=True):
+        assert docs_client.post(f"/api/v1/documents/{stalled.pk}/reingest").status_code == 202
+    stalled.refresh_from_db()
+    assert stalled.status == "ready"
+
+
+def test_an_upload_succeeds_when_the_queue_is_unreachable(
+    docs_client, monkeypatch, django_capture_on_commit_callbacks
+):
+    from kombu.exceptions import OperationalError
+
+    from chat.tasks import document_ingest_task
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to the broker. Connection refused.")
+
+    monkeypatch.setattr(document_ingest_task, "delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = docs_client.post("/api/v1/documents", {"text": "Queue me."}, format="json")
+    assert response.status_code == 201
+    assert Document.objects.get().status == "pending"  # marked failed later if it stays there
+
+
 def test_embedding_failures_are_retried_then_recorded_and_reingest_recovers(
     docs_client, settings, openai_server, django_capture_on_commit_callbacks
 ):
@@ -352,7 +434,7 @@ def test_admin_lists_documents_reingests_and_searches_as_a_tenant(
     assert str(failed.pk) in page
     assert str(document.pk) not in page
     detail = admin_client.get(f"/admin/chat/document/{document.pk}/change/").content.decode()
-    assert "watering every Tuesday" in detail  # the chunk inline
+    assert "watering every Tuesday" in detail  # the chunk preview
     assert "100%" in detail
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
@@ -369,6 +451,90 @@ def test_admin_lists_documents_reingests_and_searches_as_a_tenant(
     assert "exact search" in search
     other = admin_client.get("/admin/chat/document/search/", {"tenant": tenant.pk, "query": "", "k": 5})
     assert other.status_code == 200  # an empty query is a form error, not a 500
+
+
+def test_admin_delete_goes_through_the_service(admin_client, tenant, chat_client):
+    document, _ = document_create(tenant=tenant, content=b"The ficus needs water.", content_type="text/plain")
+    document_ingest(document_id=document.pk)
+    SemanticCacheEntry.objects.create(
+        tenant=tenant,
+        embedding=[1.0] + [0.0] * 383,
+        question="q",
+        model="local:local",
+        answer="a",
+        provider="local",
+        served_model="local",
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    response = admin_client.post(f"/admin/chat/document/{document.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Document.objects.filter(pk=document.pk).exists()
+    assert not Chunk.objects.filter(document_id=document.pk).exists()
+    assert not SemanticCacheEntry.objects.filter(tenant=tenant).exists()  # answers may have quoted it
+
+
+def test_admin_reingest_skips_a_document_being_ingested(admin_client, tenant):
+    queued, _ = document_create(tenant=tenant, content=b"Queued.", content_type="text/plain", enqueue=False)
+    response = admin_client.post(
+        "/admin/chat/document/", {"action": "reingest", "_selected_action": [str(queued.pk)]}, follow=True
+    )
+    assert response.status_code == 200
+    assert "1 document(s) skipped" in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_document_while_its_chunks_are_stored_waits_and_removes_them(tenant):
+    """The ingestion's chunk swap holds the document's row lock; a delete waits for it and then removes
+    the chunks it stored (without the lock the delete missed them and failed on the foreign key)."""
+    document, _ = document_create(
+        tenant=tenant, content=b"Race me.", content_type="text/plain", enqueue=False
+    )
+    locked, release = threading.Event(), threading.Event()
+
+    def store_chunks() -> None:
+        try:
+            with transaction.atomic():
+                Document.objects.select_for_update().get(pk=document.pk)
+                Chunk.objects.create(
+                    tenant=tenant,
+                    document=document,
+                    ordinal=0,
+                    text="Race me.",
+                    token_count=2,
+                    embedding=[1.0] + [0.0] * 383,
+                )
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    errors: list[Exception] = []
+
+    def delete() -> None:
+        try:
+            document_delete(tenant=tenant, document_id=document.pk)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    ingestion = threading.Thread(target=store_chunks)
+    ingestion.start()
+    assert locked.wait(30)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    with connection.cursor() as cursor:  # wait until the delete is blocked on the row lock
+        for _ in range(300):
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            if cursor.fetchone()[0]:
+                break
+            threading.Event().wait(0.05)
+    release.set()
+    ingestion.join(30)
+    deleter.join(30)
+    assert errors == []
+    assert not Document.objects.filter(pk=document.pk).exists()
+    assert not Chunk.objects.filter(document_id=document.pk).exists()
 
 
 def test_admin_search_needs_permission(client, django_user_model):

@@ -233,6 +233,31 @@ def test_semantic_cache_is_per_prompt_version_variables_and_max_tokens(
     assert SemanticCacheEntry.objects.filter(tenant=tenant).count() == 4
 
 
+def test_semantic_cache_tells_answers_with_and_without_documents_apart(
+    tenant, chat_client, local_chain, semantic_cache
+):
+    ingest(tenant, "Leave", "Employees receive sixteen weeks of paid parental leave.")
+    without = ask(chat_client, QUESTION, temperature=0, rag=False).json()
+    assert without["citations"] == []
+    with_documents = ask(chat_client, NEAR, temperature=0, rag=True).json()
+    assert with_documents["cached"] is False
+    assert with_documents["citations"]
+    assert ask(chat_client, NEAR, temperature=0, rag=False).json()["cached"] is True
+
+
+def test_a_question_without_content_words_is_answered_and_never_cached(
+    tenant, chat_client, local_chain, semantic_cache
+):
+    questions = ["Is it?", "Was it so?"]  # the second used to meet the first's zero vector: NaN, a 500
+    assert not get_embedder().embed(questions).any()
+    for question in questions:
+        response = ask(chat_client, question, temperature=0)
+        assert response.status_code == 200, response.content
+        assert response.json()["cached"] is False
+        assert Trace.objects.filter(pk=response.json()["trace_id"]).exists()
+    assert not SemanticCacheEntry.objects.filter(tenant=tenant).exists()
+
+
 def test_a_document_change_empties_the_semantic_cache(tenant, chat_client, local_chain, semantic_cache):
     document = ingest(tenant, "Leave", "Employees receive sixteen weeks of paid parental leave.")
     first = ask(chat_client, QUESTION, temperature=0).json()

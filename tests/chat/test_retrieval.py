@@ -197,17 +197,21 @@ def test_repeated_query_embeddings_are_cached_in_process_and_in_redis(settings, 
     def embedding_calls() -> int:
         return len([r for r in openai_server.requests if r["path"].endswith("/embeddings")])
 
-    first, cached = embed_query("where is the fertilizer")
+    first, cached = embed_query("where is the fertilizer", tenant_id=1)
     assert (cached, embedding_calls()) == (False, 1)
-    again, cached = embed_query("where is the fertilizer")
+    again, cached = embed_query("where is the fertilizer", tenant_id=1)
     assert (cached, embedding_calls()) == (True, 1)
     embeddings._query_vectors = embeddings._LocalLRU(10)  # another worker process: Redis still has it
-    shared, cached = embed_query("where is the fertilizer")
+    shared, cached = embed_query("where is the fertilizer", tenant_id=1)
     assert (cached, embedding_calls()) == (True, 1)
     assert np.allclose(first, again)
     assert np.allclose(first, shared)
-    embed_query("where is the kettle")
+    embed_query("where is the kettle", tenant_id=1)
     assert embedding_calls() == 2
+    # Another tenant's identical question is not answered from the first tenant's entry (a fast
+    # answer would tell it what someone else asked).
+    _, cached = embed_query("where is the fertilizer", tenant_id=2)
+    assert (cached, embedding_calls()) == (False, 3)
 
 
 def test_minilm_refuses_another_vector_size():
