@@ -41,6 +41,7 @@ from billing.models import (
     usd,
 )
 from tenants.caching import StampedLocalCache
+from tenants.database import ASYNC_COMMIT_CTE, async_commit_param
 from tenants.errors import ApiError, ConflictError, DomainError
 from tenants.models import Tenant
 from tenants.services import audit_event_record
@@ -249,8 +250,12 @@ class ReservationHandle:
     month: date
 
 
-RESERVE_SQL = """
-WITH balance AS (
+# The reservation commits without waiting for the disk (tenants/database.py): it is a hold that the
+# durable settle (or the expiry sweep) always follows, and losing it in an OS crash, together with the
+# process that made it, loses nothing.
+RESERVE_SQL = f"""
+WITH {ASYNC_COMMIT_CTE},
+balance AS (
     UPDATE billing_budgetperiod SET
         reserved_nanos = reserved_nanos + %(amount)s,
         tokens_reserved = tokens_reserved + %(tokens)s,
@@ -269,9 +274,9 @@ WITH balance AS (
 INSERT INTO billing_reservation
     (tenant_id, period_id, request_id, amount_nanos, tokens, day, created_at, expires_at)
 SELECT %(tenant_id)s, balance.id, %(request_id)s, %(amount)s, %(tokens)s, balance.day, %(now)s, %(expires_at)s
-FROM balance
+FROM balance, async_commit
 RETURNING id
-"""
+"""  # noqa: S608 (a constant)
 
 
 def estimate_cost_nanos(price: Price, *, prompt_tokens: int, max_tokens: int) -> int:
@@ -302,6 +307,7 @@ def budget_reserve(
                 "request_id": request_id,
                 "now": now,
                 "expires_at": now + timedelta(seconds=settings.BUDGET_RESERVATION_TTL_SECONDS),
+                "async_commit": async_commit_param(),
             },
         )
         row = cursor.fetchone()

@@ -19,6 +19,7 @@ from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from monitoring.models import Span, Trace, TraceStatus
+from tenants.database import ASYNC_COMMIT_CTE, async_commit_param
 from tenants.models import Tenant
 
 REQUESTS = Counter("llm_requests_total", "Chat requests", ["endpoint", "provider", "model", "status"])
@@ -38,18 +39,20 @@ TTFT = Histogram(
 )
 logger = logging.getLogger(__name__)
 
-# The trace row and its spans (sent as one JSON array) in one statement. The columns come from the
-# models, never from a request.
+# The trace row and its spans (sent as one JSON array) in one statement, committed without waiting for
+# the disk (tenants/database.py): telemetry may be lost in an OS crash, the ledger may not. The columns
+# come from the models, never from a request.
 TRACE_FIELDS = Trace._meta.concrete_fields
 INSERT_TRACE_SQL = f"""
-WITH trace AS (
+WITH {ASYNC_COMMIT_CTE},
+trace AS (
     INSERT INTO {Trace._meta.db_table} ({", ".join(str(field.column) for field in TRACE_FIELDS)})
-    VALUES ({", ".join(["%s"] * len(TRACE_FIELDS))})
+    SELECT {", ".join(f"%({field.column})s" for field in TRACE_FIELDS)} FROM async_commit
     RETURNING id
 )
 INSERT INTO {Span._meta.db_table} (trace_id, ordinal, name, status, start_ms, duration_ms, attributes)
 SELECT trace.id, span.ordinal, span.name, span.status, span.start_ms, span.duration_ms, span.attributes
-FROM trace, jsonb_to_recordset(%s::jsonb) AS span(
+FROM trace, jsonb_to_recordset(%(spans)s::jsonb) AS span(
     ordinal int, name text, status text, start_ms float8, duration_ms float8, attributes jsonb)
 """  # noqa: S608
 ATTEMPTS = Counter("llm_provider_attempts_total", "Provider attempts", ["provider", "model", "outcome"])
@@ -134,12 +137,15 @@ class TraceRecorder:
             **self.fields,
         )
         spans = [{"ordinal": index, **span} for index, span in enumerate(self.spans)]
-        values = [field.get_db_prep_save(field.pre_save(trace, True), connection) for field in TRACE_FIELDS]
+        values = {
+            str(field.column): field.get_db_prep_save(field.pre_save(trace, True), connection)
+            for field in TRACE_FIELDS
+        }
+        values["spans"] = json.dumps(_json_safe(spans), cls=DjangoJSONEncoder)
+        values["async_commit"] = async_commit_param()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    INSERT_TRACE_SQL, [*values, json.dumps(_json_safe(spans), cls=DjangoJSONEncoder)]
-                )
+                cursor.execute(INSERT_TRACE_SQL, values)
         except DatabaseError:  # the request was served (and charged): losing its trace must not fail it
             logger.exception("writing trace %s failed", self.id)
         labels = {"provider": trace.provider or "-", "model": trace.model or "-"}

@@ -302,3 +302,29 @@ def test_a_call_settled_after_the_month_changed_is_charged_to_the_new_month(budg
     current.refresh_from_db()
     assert (old.reserved_nanos, old.spent_nanos) == (0, 0)
     assert (current.spent_nanos, current.reserved_nanos) == (charge.cost_nanos, 0)
+
+
+def synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reservations_and_traces_commit_asynchronously_only_on_their_own(tenant):
+    """A reservation (and a trace) that is its own transaction commits without waiting for the disk;
+    the setting ends with it. Inside a larger transaction it is left alone: the other writes there
+    may need to be durable."""
+    from monitoring.models import Trace
+    from monitoring.services import TraceRecorder
+
+    handle = reserve(tenant)
+    TraceRecorder(tenant=tenant, request_id="r1", endpoint="test").finish()
+    assert synchronous_commit() == "on"
+    assert Trace.objects.filter(request_id="r1").exists()
+    with transaction.atomic():
+        reserve(tenant)
+        TraceRecorder(tenant=tenant, request_id="r2", endpoint="test").finish()
+        assert synchronous_commit() == "on"
+    budget_settle(handle=handle, input_tokens=1, cached_input_tokens=0, output_tokens=1)
+    assert Reservation.objects.count() == 1

@@ -1,0 +1,24 @@
+"""Asynchronous commit for writes that may be lost in an operating-system crash.
+
+A statement run outside `transaction.atomic` is its own transaction, and its COMMIT waits for the WAL
+to reach the disk (about 0.2-0.5 ms here). For a write whose loss in an OS crash or power failure is
+harmless, the statement can turn that wait off for its own transaction: the SQL includes the CTE
+below and passes `async_commit_param()` as `%(async_commit)s`. PostgreSQL still writes the WAL in
+order, so the next durable commit (a ledger entry) makes every earlier write durable as well; a
+server crash alone loses nothing. Inside a larger transaction the setting is left as it is, since
+the transaction's other writes may need to be durable.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+
+ASYNC_COMMIT_CTE = (
+    "async_commit AS (SELECT set_config('synchronous_commit', "
+    "COALESCE(%(async_commit)s, current_setting('synchronous_commit')), true))"
+)
+
+
+def async_commit_param() -> str | None:
+    """'off' for a statement that is its own transaction; None (unchanged) inside `atomic`."""
+    return None if connection.in_atomic_block else "off"
