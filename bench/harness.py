@@ -94,6 +94,19 @@ class LoadResult:
     def rps(self) -> float:
         return self.requests / self.seconds
 
+    @classmethod
+    def merged(cls, parts: list[LoadResult]) -> LoadResult:
+        statuses: dict[int, int] = {}
+        for part in parts:
+            for status, count in part.statuses.items():
+                statuses[status] = statuses.get(status, 0) + count
+        return cls(
+            sum(part.requests for part in parts),
+            sum(part.seconds for part in parts),
+            [latency for part in parts for latency in part.latencies_ms],
+            statuses,
+        )
+
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
@@ -179,6 +192,18 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     RESULTS.write_text(text)
+
+
+def reference_loop_ms() -> float:
+    """Median time of a fixed pure-Python workload: how fast this (shared, virtual) machine is right now."""
+    timings = []
+    for _ in range(7):
+        started = time.perf_counter()
+        total = 0
+        for number in range(1_000_000):
+            total += number % 7
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
 
 
 def machine_line() -> str:
