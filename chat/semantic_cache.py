@@ -5,7 +5,8 @@ closest earlier one when their cosine similarity reaches the tenant's threshold 
 prompt version and the instructions (the prompt as rendered with this request's variables, system
 messages, max_tokens) are the same: an answer written for one end user's variables never reaches
 another's. Entries expire (SEMANTIC_CACHE_TTL_SECONDS) and a tenant's entries
-are dropped whenever its documents change, since answers may quote them. Each tenant's entries are
+are dropped whenever its documents change, since answers may quote them; the instructions hash
+includes the documents' stamp, so an answer finished after a change is never served. Each tenant's entries are
 searched exactly (b-tree on tenant, model, prompt), so no other tenant's question can match.
 """
 

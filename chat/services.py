@@ -33,7 +33,7 @@ from billing.services import (
     priced_models,
     usage_record,
 )
-from chat.documents import tenant_has_documents
+from chat.documents import documents_cache, tenant_has_documents
 from chat.embeddings import embed_query
 from chat.fallback import (
     OpenStream,
@@ -435,10 +435,12 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
             if single_turn or chat_settings.semantic_cache_multi_turn
             else None
         )
-        # A question without content words has no direction to compare; with or without documents in
-        # the prompt the answer differs, so RAG is part of what must match.
+        # A question without content words has no direction to compare. With or without documents in
+        # the prompt the answer differs, and so it does after they change: an answer still being
+        # written when they changed is stored under the old documents' stamp and never served.
         if vector is not None and np.any(vector):
-            shaping = json.dumps([instructions, max_tokens, use_rag], sort_keys=True)
+            documents_stamp = documents_cache.stamp(str(tenant.pk)) if use_rag else None
+            shaping = json.dumps([instructions, max_tokens, use_rag, documents_stamp], sort_keys=True)
             semantic_key = SemanticKey(
                 vector,
                 targets[0].key,

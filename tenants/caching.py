@@ -52,6 +52,11 @@ class StampedLocalCache(Generic[V]):
             return "unavailable:" + uuid.uuid4().hex
         return stamp
 
+    def stamp(self, group: str) -> str | None:
+        """The group's current stamp in Redis (None before its first invalidation): changes with every
+        invalidation, so it can key data derived from the group elsewhere."""
+        return self._current_stamp(group)
+
     def get(self, group: str, key: Hashable, load: Callable[[], V]) -> V:
         """The snapshot for (group, key); `group` is what one invalidation covers."""
         now = time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from billing.models import UsageEntry
-from chat.documents import document_create, document_delete, document_ingest
+from chat.documents import document_create, document_delete, document_ingest, documents_cache
 from chat.embeddings import get_embedder
 from chat.models import SemanticCacheEntry
 from chat.services import chat_settings_for, chat_settings_update
@@ -243,6 +243,18 @@ def test_semantic_cache_tells_answers_with_and_without_documents_apart(
     assert with_documents["cached"] is False
     assert with_documents["citations"]
     assert ask(chat_client, NEAR, temperature=0, rag=False).json()["cached"] is True
+
+
+def test_an_answer_stored_after_the_documents_changed_is_never_served(
+    tenant, chat_client, local_chain, semantic_cache
+):
+    ingest(tenant, "Leave", "Employees receive sixteen weeks of paid parental leave.")
+    assert ask(chat_client, QUESTION, temperature=0).json()["citations"]
+    # A request still answering from the old documents stores its entry after the purge: the entry
+    # exists, but it belongs to the documents as they were.
+    documents_cache.invalidate(str(tenant.pk))
+    assert SemanticCacheEntry.objects.filter(tenant=tenant).exists()
+    assert ask(chat_client, NEAR, temperature=0).json()["cached"] is False
 
 
 def test_a_question_without_content_words_is_answered_and_never_cached(
