@@ -218,7 +218,8 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: Document) -> None:
         # Through the service: the tenant's semantic cache and vector index must follow.
-        document_delete(tenant=obj.tenant, document_id=obj.pk)
+        with contextlib.suppress(NotFoundError):  # deleted meanwhile
+            document_delete(tenant=obj.tenant, document_id=obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         for document in queryset.select_related("tenant"):

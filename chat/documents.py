@@ -162,7 +162,12 @@ def _enqueue_ingest(document: Document) -> None:
 def document_reingest(*, tenant: Tenant, document_id: uuid.UUID | str) -> Document:
     """Ingest again (after a failure, or with a new embedder); refused while an ingestion is queued."""
     with transaction.atomic():
-        document = Document.objects.select_for_update().filter(tenant=tenant, pk=document_id).first()
+        document = (
+            Document.objects.select_for_update()
+            .defer("content")
+            .filter(tenant=tenant, pk=document_id)
+            .first()
+        )
         if document is None:
             raise NotFoundError("No such document.", param="id")
         if document.status in (DocumentStatus.PENDING, DocumentStatus.PROCESSING):
@@ -181,7 +186,12 @@ def document_reingest(*, tenant: Tenant, document_id: uuid.UUID | str) -> Docume
 def document_delete(*, tenant: Tenant, document_id: uuid.UUID | str) -> None:
     """Removes the document and its chunks. The row lock waits for an ingestion storing its chunks."""
     with transaction.atomic():
-        document = Document.objects.select_for_update().filter(tenant=tenant, pk=document_id).first()
+        document = (
+            Document.objects.select_for_update()
+            .defer("content")
+            .filter(tenant=tenant, pk=document_id)
+            .first()
+        )
         if document is None:
             raise NotFoundError("No such document.", param="id")
         document.delete()  # chunks cascade
@@ -276,12 +286,14 @@ def _units(text: str, max_tokens: int) -> Iterator[tuple[int, int]]:
             if end - position <= max_chars:
                 yield position, end
             else:
-                window_start = position
+                window_start = previous_word_end = position
                 for word in re.finditer(r"\S+", text[position:end]):
                     word_start, word_end = position + word.start(), position + word.end()
                     if word_end - window_start > max_chars and word_start > window_start:
-                        yield window_start, word_start - 1
+                        if previous_word_end > window_start:
+                            yield window_start, previous_word_end
                         window_start = word_start
+                    previous_word_end = word_end
                     while word_end - window_start > max_chars:  # one "word" longer than a chunk: cut it
                         yield window_start, window_start + max_chars
                         window_start += max_chars

@@ -52,7 +52,7 @@ from chat.tokens import estimate_message_tokens, estimate_tokens
 from monitoring.models import TraceStatus
 from monitoring.services import TraceRecorder
 from prompts.selectors import prompt_render, prompt_resolve
-from tenants.caching import StampedLocalCache
+from tenants.caching import UNAVAILABLE_STAMP_PREFIX, StampedLocalCache
 from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
 from tenants.models import Tenant
 from tenants.ratelimits import TokenReservation, token_rate_adjust, token_rate_reserve
@@ -417,8 +417,22 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
         use_rag = (
             params.endpoint == "chat" and chat_settings.rag_enabled and tenant_has_documents(tenant=tenant)
         )
-    citations = _add_context(tenant, params.message, messages, recorder) if use_rag else []
     low_temperature = temperature is not None and temperature <= settings.CHAT_CACHE_MAX_TEMPERATURE
+    single_turn = params.conversation_id is None and (
+        params.messages is None or sum(m["role"] in ("user", "assistant") for m in params.messages) == 1
+    )
+    semantic_wanted = (
+        chat_settings.semantic_cache_enabled
+        and low_temperature
+        and bool(params.message.strip())
+        and (single_turn or chat_settings.semantic_cache_multi_turn)
+    )
+    # The answer depends on the documents as they are now. Their stamp is read before retrieval, so
+    # an answer built from documents that change meanwhile is stored under the old stamp, never served.
+    documents_stamp = documents_cache.stamp(str(tenant.pk)) if semantic_wanted and use_rag else None
+    if documents_stamp is not None and documents_stamp.startswith(UNAVAILABLE_STAMP_PREFIX):
+        semantic_wanted = False  # Redis is away: no stamp to trust
+    citations = _add_context(tenant, params.message, messages, recorder) if use_rag else []
     cache_key = None
     if chat_settings.cache_enabled and low_temperature:
         material = json.dumps(
@@ -426,28 +440,18 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
         )
         cache_key = "chat:exact:" + hashlib.sha256(material.encode()).hexdigest()
     semantic_key = None
-    if chat_settings.semantic_cache_enabled and low_temperature and params.message.strip():
-        single_turn = params.conversation_id is None and (
-            params.messages is None or sum(m["role"] in ("user", "assistant") for m in params.messages) == 1
+    vector = embed_query(params.message, tenant_id=tenant.pk)[0] if semantic_wanted else None
+    # A question without content words has no direction to compare; with or without documents in the
+    # prompt the answer differs.
+    if vector is not None and np.any(vector):
+        shaping = json.dumps([instructions, max_tokens, use_rag, documents_stamp], sort_keys=True)
+        semantic_key = SemanticKey(
+            vector,
+            targets[0].key,
+            prompt_info["name"] if prompt_info else "",
+            prompt_info["version"] if prompt_info else None,
+            hashlib.sha256(shaping.encode()).hexdigest(),
         )
-        vector = (
-            embed_query(params.message, tenant_id=tenant.pk)[0]
-            if single_turn or chat_settings.semantic_cache_multi_turn
-            else None
-        )
-        # A question without content words has no direction to compare. With or without documents in
-        # the prompt the answer differs, and so it does after they change: an answer still being
-        # written when they changed is stored under the old documents' stamp and never served.
-        if vector is not None and np.any(vector):
-            documents_stamp = documents_cache.stamp(str(tenant.pk)) if use_rag else None
-            shaping = json.dumps([instructions, max_tokens, use_rag, documents_stamp], sort_keys=True)
-            semantic_key = SemanticKey(
-                vector,
-                targets[0].key,
-                prompt_info["name"] if prompt_info else "",
-                prompt_info["version"] if prompt_info else None,
-                hashlib.sha256(shaping.encode()).hexdigest(),
-            )
     return Prepared(
         params,
         chat_settings,

@@ -3,6 +3,7 @@ so tracing adds no database round trip per span on the hot path."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -13,8 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
@@ -59,12 +61,17 @@ ATTEMPTS = Counter("llm_provider_attempts_total", "Provider attempts", ["provide
 
 
 def _json_safe(value: Any) -> Any:
-    """JSON has no NaN or infinity (PostgreSQL refuses them in jsonb): they are recorded as null."""
+    """What jsonb takes: NaN and infinity become null, NUL characters go, numpy scalars become Python
+    numbers, sets become lists."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return value.replace("\x00", "")
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+        return {str(key).replace("\x00", ""): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [_json_safe(item) for item in value]
     return value
 
@@ -131,22 +138,25 @@ class TraceRecorder:
             request_id=self.request_id,
             endpoint=self.endpoint,
             status=status,
-            error=error[:500],
+            error=error.replace("\x00", "")[:500],
             latency_ms=latency,
             created_at=self.created_at,
             **self.fields,
         )
         spans = [{"ordinal": index, **span} for index, span in enumerate(self.spans)]
-        values = {
-            str(field.column): field.get_db_prep_save(field.pre_save(trace, True), connection)
-            for field in TRACE_FIELDS
-        }
-        values["spans"] = json.dumps(_json_safe(spans), cls=DjangoJSONEncoder)
-        values["async_commit"] = async_commit_param()
+        # The request was served (and charged): losing its trace must not fail it. Inside a larger
+        # transaction a savepoint keeps a failed write from aborting the rest.
+        savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
         try:
-            with connection.cursor() as cursor:
+            values = {
+                str(field.column): field.get_db_prep_save(field.pre_save(trace, True), connection)
+                for field in TRACE_FIELDS
+            }
+            values["spans"] = json.dumps(_json_safe(spans), cls=DjangoJSONEncoder)
+            values["async_commit"] = async_commit_param()
+            with savepoint, connection.cursor() as cursor:
                 cursor.execute(INSERT_TRACE_SQL, values)
-        except DatabaseError:  # the request was served (and charged): losing its trace must not fail it
+        except (DatabaseError, TypeError, ValueError):
             logger.exception("writing trace %s failed", self.id)
         labels = {"provider": trace.provider or "-", "model": trace.model or "-"}
         REQUESTS.labels(endpoint=self.endpoint, status=status, **labels).inc()

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
+UNAVAILABLE_STAMP_PREFIX = "unavailable:"  # a stamp made up while Redis is away: never equal to another
+
 
 @dataclass
 class _Entry(Generic[V]):
@@ -49,7 +51,7 @@ class StampedLocalCache(Generic[V]):
             stamp: str | None = cache.get(self._stamp_key(group))
         except CACHE_ERRORS:
             logger.warning("cache unavailable; %s snapshots are reloaded every time", self.namespace)
-            return "unavailable:" + uuid.uuid4().hex
+            return UNAVAILABLE_STAMP_PREFIX + uuid.uuid4().hex
         return stamp
 
     def stamp(self, group: str) -> str | None:

@@ -4,9 +4,10 @@ A statement run outside `transaction.atomic` is its own transaction, and its COM
 to reach the disk (about 0.2-0.5 ms here). For a write whose loss in an OS crash or power failure is
 harmless, the statement can turn that wait off for its own transaction: the SQL includes the CTE
 below and passes `async_commit_param()` as `%(async_commit)s`. PostgreSQL still writes the WAL in
-order, so the next durable commit (a ledger entry) makes every earlier write durable as well; a
-server crash alone loses nothing. Inside a larger transaction the setting is left as it is, since
-the transaction's other writes may need to be durable.
+order, so the next durable commit (a ledger entry) makes every earlier write durable as well; what
+a crash of the server or the machine can lose is the last few hundred milliseconds of such writes
+(at most three `wal_writer_delay`s). Inside a larger transaction the setting is left as it is,
+since the transaction's other writes may need to be durable.
 """
 
 from __future__ import annotations
@@ -20,5 +21,5 @@ ASYNC_COMMIT_CTE = (
 
 
 def async_commit_param() -> str | None:
-    """'off' for a statement that is its own transaction; None (unchanged) inside `atomic`."""
-    return None if connection.in_atomic_block else "off"
+    """'off' for a statement that is its own transaction; None (unchanged) inside a larger one."""
+    return "off" if connection.get_autocommit() and not connection.in_atomic_block else None

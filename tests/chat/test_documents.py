@@ -13,6 +13,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from django.utils import timezone
+from hypothesis import assume, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from chat.checks import vector_column_dimensions
 from chat.documents import (
@@ -290,6 +293,22 @@ def test_a_permanent_embedding_error_fails_at_once_without_leaking_provider_deta
     assert settings.OPENAI_BASE_URL not in document["error"]
     assert "401" not in document["error"]
     assert len([r for r in openai_server.requests if r["path"].endswith("/embeddings")]) == 1
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@example("aaaaa bbbb cccc dddd  eeee", 5)  # a word ends at the limit, two spaces follow
+@given(
+    st.lists(st.sampled_from(["a", "bc", "defgh", " ", "  ", ". ", "\n"]), min_size=1, max_size=1500).map(
+        "".join
+    ),
+    st.integers(min_value=5, max_value=60),
+)
+def test_no_chunk_is_over_its_size_whatever_the_whitespace(text, chunk_tokens):
+    text = text.strip()  # as extraction leaves it
+    assume(text)
+    pieces = chunk_text(text, chunk_tokens=chunk_tokens, overlap_tokens=chunk_tokens // 5)
+    assert all(piece.token_count <= chunk_tokens for piece in pieces)
+    assert all(piece.text.strip() for piece in pieces)
 
 
 def test_a_word_longer_than_a_chunk_is_cut():
