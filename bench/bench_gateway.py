@@ -26,6 +26,8 @@ from harness import (
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from tenants.models import Tenant
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "6"))
@@ -75,6 +77,20 @@ def statements_per_chat_request(tenant: Tenant) -> tuple[int, int]:
     )
 
 
+def spans_p50(tenant: Tenant, since: datetime) -> dict[str, float]:
+    """p50 milliseconds of each span of the gateway's traces since `since`, and of the traced part."""
+    from monitoring.models import Span, Trace
+
+    traces = Trace.objects.filter(tenant=tenant, created_at__gte=since, streamed=False)
+    medians = {"traced": statistics.median(traces.values_list("latency_ms", flat=True))}
+    spans = Span.objects.filter(trace__in=traces).values_list("name", "duration_ms")
+    by_name: dict[str, list[float]] = {}
+    for name, duration in spans:
+        by_name.setdefault(name, []).append(duration)
+    medians.update({name: statistics.median(values) for name, values in by_name.items()})
+    return medians
+
+
 def main() -> None:
     sys.path.insert(0, str(BASE_DIR))
     from tests.fake_llm import FakeLLMServer
@@ -87,6 +103,8 @@ def main() -> None:
     }
     os.environ.update(env)
     setup_django()
+    from django.utils import timezone
+
     tenant, raw_key = bench_tenant_key()
     statements, transactions = statements_per_chat_request(tenant)
     request = {
@@ -104,6 +122,7 @@ def main() -> None:
             port, "/v1/chat/completions", concurrency=2, seconds=1, headers=gateway_headers, body=body
         )  # warm up
         for concurrency in (1, 16):
+            cell_started = timezone.now()
             directs, throughs = [], []
             for _ in range(ROUNDS):
                 directs.append(
@@ -129,6 +148,8 @@ def main() -> None:
             direct, through = LoadResult.merged(directs), LoadResult.merged(throughs)
             assert set(through.statuses) == {200}, through.statuses
             rows.append((concurrency, direct, through))
+            if concurrency == 1:
+                inside = spans_p50(tenant, cell_started)
         direct_ttft = time_to_first_token(
             upstream.port,
             "/v1/chat/completions",
@@ -170,6 +191,13 @@ def main() -> None:
         f"Database statements per chat request (steady state): **{statements}** "
         f"({transactions} explicit transactions: each statement commits on its own; "
         "target: at most 6 statements).",
+        "",
+        "Where the time goes at concurrency 1 (p50 of the gateway's own trace spans, ms): "
+        f"reserve {inside['reserve']:.2f}, provider call through the SDK {inside['provider']:.2f} "
+        f"(the upstream alone: {rows[0][1].p50:.2f}), settle {inside['settle']:.2f}; "
+        f"{inside['traced']:.2f} from the start of the pipeline to the trace write. The rest is "
+        "authentication and rate limits (Redis), request parsing, the trace write, the response "
+        "and gunicorn.",
         "",
         f"Streaming time to first token over {TTFT_REQUESTS} requests, p50: upstream {direct_p50:.2f} ms, "
         f"through the gateway {gateway_p50:.2f} ms, overhead **{gateway_p50 - direct_p50:.2f} ms** "
