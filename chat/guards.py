@@ -64,36 +64,51 @@ def redact(text: str, categories: list[str]) -> tuple[str, Counter[str]]:
     return text, counts
 
 
-class StreamRedactor:
-    """Redacts a stream of deltas. It holds back the last HOLD characters, since a match may span two
-    deltas, and never cuts inside a match."""
+# What a card or phone number is written with: such a run before the last word may still be growing.
+NUMBER_CHARACTERS = frozenset("0123456789 +-().")
 
-    HOLD = 64
+
+class StreamRedactor:
+    """Redacts a stream of deltas. Only what may still grow into a match is held back: the unfinished
+    last word and, before it, a run of digits and separators (a card or phone number arriving in
+    pieces). Everything before goes out at once, so the first words are not delayed; the output is
+    the same as redacting the whole text."""
 
     def __init__(self, categories: list[str]) -> None:
         self.categories = categories
         self.buffer = ""
         self.counts: Counter[str] = Counter()
 
+    def _word_start(self, position: int) -> int:
+        while position > 0 and not self.buffer[position - 1].isspace():
+            position -= 1
+        return position
+
     def _safe_cut(self) -> int:
-        """The last space before the held-back tail that is not inside a possible match."""
+        """Where the text that can no longer change begins to be held back (just after whitespace)."""
+        buffer = self.buffer
+        cut = self._word_start(len(buffer))
+        run = cut
+        while run > 0 and buffer[run - 1] in NUMBER_CHARACTERS:
+            run -= 1
+        while run < cut and buffer[run].isspace():
+            run += 1
+        if any(character.isdigit() for character in buffer[run:cut]):
+            cut = self._word_start(run)
         spans = [
             match.span()
             for category, pattern, _ in REDACTORS
             if category in self.categories
-            for match in pattern.finditer(self.buffer)
+            for match in pattern.finditer(buffer)
         ]
-        cut = self.buffer.rfind(" ", 0, len(self.buffer) - self.HOLD)
-        while cut > 0 and any(start < cut < end for start, end in spans):
-            cut = self.buffer.rfind(" ", 0, cut)
+        while inside := [start for start, end in spans if start < cut < end]:
+            cut = self._word_start(min(inside))
         return cut
 
     def feed(self, delta: str) -> str:
         if not self.categories:
             return delta
         self.buffer += delta
-        if len(self.buffer) <= self.HOLD:
-            return ""
         cut = self._safe_cut()
         if cut <= 0:
             return ""
