@@ -173,7 +173,9 @@ def time_to_first_token(
         response = connection.getresponse()
         while True:
             line = response.fp.readline()
-            if not line or marker in line:
+            if not line:
+                raise RuntimeError(f"the stream ended without {marker!r}")
+            if marker in line:
                 break
         timings.append((time.perf_counter() - started) * 1000)
         connection.close()

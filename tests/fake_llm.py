@@ -26,6 +26,7 @@ class FakeLLMServer:
         self.answer = DEFAULT_ANSWER
         self.usage = (25, 5, 8)  # uncached input, cached input, output
         self.hang_seconds = 3.0
+        self.token_interval_seconds = 0.0  # a stream's pause between deltas, as a model generating
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -187,6 +188,8 @@ class FakeLLMServer:
                 handler.wfile.flush()
                 handler.connection.shutdown(2)  # drop the connection mid-stream
                 return
+            if is_delta and sent_deltas and self.token_interval_seconds:
+                time.sleep(self.token_interval_seconds)
             head = f"event: {name}\n" if name else ""
             handler.wfile.write(f"{head}data: {data}\n\n".encode())
             handler.wfile.flush()
