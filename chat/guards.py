@@ -66,6 +66,9 @@ def redact(text: str, categories: list[str]) -> tuple[str, Counter[str]]:
 
 # What a card or phone number is written with: such a run before the last word may still be growing.
 NUMBER_CHARACTERS = frozenset("0123456789 +-().")
+# The longest card or phone number the patterns match (19 digits and 18 separators) fits in this many
+# characters: a longer run of numbers need not be held back further.
+LONGEST_NUMBER = 40
 
 
 class StreamRedactor:
@@ -89,7 +92,7 @@ class StreamRedactor:
         buffer = self.buffer
         cut = self._word_start(len(buffer))
         run = cut
-        while run > 0 and buffer[run - 1] in NUMBER_CHARACTERS:
+        while run > 0 and cut - run < LONGEST_NUMBER and buffer[run - 1] in NUMBER_CHARACTERS:
             run -= 1
         while run < cut and buffer[run].isspace():
             run += 1

@@ -7,7 +7,7 @@ from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chat.guards import StreamRedactor, redact
+from chat.guards import LONGEST_NUMBER, StreamRedactor, redact
 
 ALL = ["secret", "card", "email", "phone"]
 PIECES = [
@@ -69,3 +69,10 @@ def test_a_number_arriving_in_groups_is_held_until_it_ends():
     out = [redactor.feed(delta) for delta in ["Card ", "4111 ", "1111 ", "1111 ", "1111", " thanks", "!"]]
     assert out[:5] == ["Card ", "", "", "", ""]
     assert "".join(out) + redactor.flush() == "Card [REDACTED:card] thanks!"
+
+
+def test_a_long_run_of_numbers_is_not_held_back_whole():
+    redactor = StreamRedactor(ALL)
+    sent = "".join(redactor.feed(f"{index % 90 + 10} ") for index in range(2000))
+    assert len(redactor.buffer) < 2 * LONGEST_NUMBER
+    assert sent + redactor.flush() == redact("".join(f"{i % 90 + 10} " for i in range(2000)), ALL)[0]
