@@ -223,8 +223,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         for document in queryset.select_related("tenant"):
-            with contextlib.suppress(NotFoundError):  # deleted meanwhile
-                document_delete(tenant=document.tenant, document_id=document.pk)
+            self.delete_model(request, document)
 
     @admin.action(description="Ingest the selected documents again", permissions=["change"])
     def reingest(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:

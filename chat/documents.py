@@ -159,17 +159,21 @@ def _enqueue_ingest(document: Document) -> None:
     transaction.on_commit(lambda: document_ingest_task.delay(document_id), robust=True)
 
 
+def _locked_document(*, tenant: Tenant, document_id: uuid.UUID | str) -> Document:
+    """The tenant's document, its row locked until the transaction ends (an ingestion storing its
+    chunks holds the same lock), without its content."""
+    document = (
+        Document.objects.select_for_update().defer("content").filter(tenant=tenant, pk=document_id).first()
+    )
+    if document is None:
+        raise NotFoundError("No such document.", param="id")
+    return document
+
+
 def document_reingest(*, tenant: Tenant, document_id: uuid.UUID | str) -> Document:
     """Ingest again (after a failure, or with a new embedder); refused while an ingestion is queued."""
     with transaction.atomic():
-        document = (
-            Document.objects.select_for_update()
-            .defer("content")
-            .filter(tenant=tenant, pk=document_id)
-            .first()
-        )
-        if document is None:
-            raise NotFoundError("No such document.", param="id")
+        document = _locked_document(tenant=tenant, document_id=document_id)
         if document.status in (DocumentStatus.PENDING, DocumentStatus.PROCESSING):
             raise ConflictError(
                 f"The document is {document.status}; wait until it is ready or failed.",
@@ -186,14 +190,7 @@ def document_reingest(*, tenant: Tenant, document_id: uuid.UUID | str) -> Docume
 def document_delete(*, tenant: Tenant, document_id: uuid.UUID | str) -> None:
     """Removes the document and its chunks. The row lock waits for an ingestion storing its chunks."""
     with transaction.atomic():
-        document = (
-            Document.objects.select_for_update()
-            .defer("content")
-            .filter(tenant=tenant, pk=document_id)
-            .first()
-        )
-        if document is None:
-            raise NotFoundError("No such document.", param="id")
+        document = _locked_document(tenant=tenant, document_id=document_id)
         document.delete()  # chunks cascade
         tenant_documents_changed(tenant_id=tenant.pk)
 

@@ -4,10 +4,10 @@ Questions are embedded with the deployment's embedder; a new question reuses the
 closest earlier one when their cosine similarity reaches the tenant's threshold and the model, the
 prompt version and the instructions (the prompt as rendered with this request's variables, system
 messages, max_tokens) are the same: an answer written for one end user's variables never reaches
-another's. Entries expire (SEMANTIC_CACHE_TTL_SECONDS) and a tenant's entries
-are dropped whenever its documents change, since answers may quote them; the instructions hash
-includes the documents' stamp, so an answer finished after a change is never served. Each tenant's entries are
-searched exactly (b-tree on tenant, model, prompt), so no other tenant's question can match.
+another's. Entries expire (SEMANTIC_CACHE_TTL_SECONDS) and a tenant's entries are dropped whenever
+its documents change, since answers may quote them; the instructions hash includes the documents'
+stamp, so an answer finished after a change is never served. Each tenant's entries are searched
+exactly (b-tree on tenant, model, prompt), so no other tenant's question can match.
 """
 
 from __future__ import annotations
