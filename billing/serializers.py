@@ -6,10 +6,12 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
+from tenants.serializers import RequestSerializer
+
 MAX_USAGE_DAYS = 366
 
 
-class UsageQuerySerializer(serializers.Serializer):
+class UsageQuerySerializer(RequestSerializer):
     """?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|model (`from` is a Python keyword, hence get_fields)."""
 
     def get_fields(self) -> dict[str, serializers.Field]:

@@ -95,10 +95,13 @@ class IdempotentChatView(TenantAPIView):
     """Base of the chat endpoints: Idempotency-Key (header or field) around a chat call."""
 
     def idempotency(self, request: Request, tenant: Tenant, body: dict[str, Any]) -> tuple[str | None, str]:
+        """The request's Idempotency-Key (None without one) and the fingerprint of its body."""
         key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
-        if key is not None and not (0 < len(key) <= 200):
+        if key is None:
+            return None, ""
+        if not isinstance(key, str) or not (0 < len(key) <= 200):
             raise ApiError(
-                "Idempotency-Key must be 1 to 200 characters.",
+                "Idempotency-Key must be a string of 1 to 200 characters.",
                 status_code=400,
                 code="invalid_idempotency_key",
                 param="idempotency_key",

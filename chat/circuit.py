@@ -4,6 +4,11 @@ closed: calls go through; each failure is counted in a window of CIRCUIT_WINDOW_
 CIRCUIT_FAILURE_THRESHOLD failures the circuit opens for CIRCUIT_COOLDOWN_SECONDS: the chain skips
 it. After the cooldown one worker at a time may send a probe (half-open): success closes the
 circuit, failure opens it for another cooldown. If Redis is down, circuits count as closed.
+
+Each process trusts a clean reading (closed, no failures) for CIRCUIT_STATE_CHECK_SECONDS instead of
+asking Redis on every call: the healthy steady state costs no round trip, failures another worker
+saw reach this one within that time, and this process's own failures at once (they drop its
+reading). Any reading with failures in it is taken from Redis on every call, as before.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Whether the last circuit_allows() in this thread saw failure state (read by record_success).
 _dirty: ContextVar[bool] = ContextVar("circuit_dirty", default=True)
+# target -> monotonic time Redis last showed the circuit closed without failures, in this process.
+_clean_since: dict[str, float] = {}
 
 
 def _keys(target: str) -> tuple[str, str, str]:
@@ -39,13 +46,21 @@ class CircuitState:
 def circuit_allows(target: str) -> bool:
     """May a call go to `target` now? Claims the single half-open probe when the cooldown is over.
 
-    One round trip in the closed state; remembers whether the circuit had any failures, so that
-    circuit_record_success costs nothing when there is nothing to reset.
+    No round trip while a recent clean reading stands, one otherwise; remembers whether the circuit
+    had any failures, so that circuit_record_success costs nothing when there is nothing to reset.
     """
+    read_at = _clean_since.get(target)
+    if read_at is not None and time.monotonic() - read_at < settings.CIRCUIT_STATE_CHECK_SECONDS:
+        _dirty.set(False)
+        return True
     failures_key, open_key, probe_key = _keys(target)
     try:
         state = cache.get_many([failures_key, open_key])
         _dirty.set(bool(state))
+        if state:
+            _clean_since.pop(target, None)
+        else:
+            _clean_since[target] = time.monotonic()
         open_until = state.get(open_key)
         if open_until is None:
             return True
@@ -67,6 +82,7 @@ def circuit_record_success(target: str) -> None:
 
 
 def circuit_record_failure(target: str) -> None:
+    _clean_since.pop(target, None)
     failures_key, open_key, probe_key = _keys(target)
     try:
         half_open = cache.get(probe_key) is not None
@@ -79,6 +95,11 @@ def circuit_record_failure(target: str) -> None:
             logger.warning("circuit %s opened for %ss after %s failures", target, cooldown, failures)
     except (*CACHE_ERRORS, ValueError):
         logger.warning("circuit state unavailable for %s", target)
+
+
+def circuit_readings_forget() -> None:
+    """Drops this process's clean readings, so the next call of each circuit asks Redis."""
+    _clean_since.clear()
 
 
 def circuit_state(target: str) -> CircuitState:

@@ -5,8 +5,10 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from tenants.serializers import RequestSerializer
 
-class ChatRequestSerializer(serializers.Serializer):
+
+class ChatRequestSerializer(RequestSerializer):
     message = serializers.CharField(trim_whitespace=False)
     conversation_id = serializers.UUIDField(required=False)
     prompt = serializers.SlugField(required=False, max_length=100)
@@ -38,7 +40,7 @@ class ChatRequestSerializer(serializers.Serializer):
         return attrs
 
 
-class OpenAIMessageSerializer(serializers.Serializer):
+class OpenAIMessageSerializer(RequestSerializer):
     role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
     content = serializers.JSONField()
 
@@ -56,11 +58,11 @@ class OpenAIMessageSerializer(serializers.Serializer):
         return value
 
 
-class StreamOptionsSerializer(serializers.Serializer):
+class StreamOptionsSerializer(RequestSerializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
 
-class ChatCompletionRequestSerializer(serializers.Serializer):
+class ChatCompletionRequestSerializer(RequestSerializer):
     """The subset of OpenAI's chat completions request this gateway serves."""
 
     model = serializers.CharField(max_length=120)
@@ -85,7 +87,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     )
 
 
-class DocumentJSONUploadSerializer(serializers.Serializer):
+class DocumentJSONUploadSerializer(RequestSerializer):
     """POST /api/v1/documents as JSON (a file goes as multipart/form-data instead)."""
 
     title = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)
@@ -95,17 +97,17 @@ class DocumentJSONUploadSerializer(serializers.Serializer):
     )
 
 
-class DocumentMultipartUploadSerializer(serializers.Serializer):
+class DocumentMultipartUploadSerializer(RequestSerializer):
     file = serializers.FileField(allow_empty_file=True)
     title = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)
 
 
-class DocumentListQuerySerializer(serializers.Serializer):
+class DocumentListQuerySerializer(RequestSerializer):
     status = serializers.ChoiceField(
         choices=["pending", "processing", "ready", "failed"], required=False, help_text="Only these."
     )
 
 
-class DocumentSearchSerializer(serializers.Serializer):
+class DocumentSearchSerializer(RequestSerializer):
     query = serializers.CharField(max_length=4000)
     k = serializers.IntegerField(required=False, default=5, min_value=1, max_value=50)

@@ -17,6 +17,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -52,6 +53,7 @@ from chat.tokens import estimate_message_tokens, estimate_tokens
 from monitoring.models import TraceStatus
 from monitoring.services import TraceRecorder
 from prompts.selectors import prompt_render, prompt_resolve
+from tenants.background import background
 from tenants.caching import UNAVAILABLE_STAMP_PREFIX, StampedLocalCache
 from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
 from tenants.models import Tenant
@@ -318,8 +320,10 @@ def _take_tokens(tenant: Tenant, prepared: Prepared) -> None:
 
 
 def _return_tokens(tenant: Tenant, prepared: Prepared | None, used: int) -> None:
+    """Corrects this minute's token count after the response: the estimate taken before the call
+    only ever over-counts meanwhile."""
     if prepared is not None and prepared.tokens is not None:
-        token_rate_adjust(tenant=tenant, reservation=prepared.tokens, used=used)
+        background.submit(partial(token_rate_adjust, tenant=tenant, reservation=prepared.tokens, used=used))
         prepared.tokens = None
 
 
@@ -658,8 +662,7 @@ def _finish(
         "citations": prepared.citations,
     }
     if prepared.cache_key is not None and finish_reason != "error":
-        with contextlib.suppress(*CACHE_ERRORS):
-            cache.set(prepared.cache_key, entry, prepared.chat_settings.cache_ttl_seconds)
+        background.submit(partial(_exact_cache_store, prepared.cache_key, entry, prepared.chat_settings))
     if prepared.semantic_key is not None and finish_reason != "error":
         semantic_cache_store(tenant=tenant, key=prepared.semantic_key, question=params.message, hit=entry)
     recorder.set(
@@ -685,6 +688,11 @@ def _finish(
         finish_reason=finish_reason,
         citations=prepared.citations,
     )
+
+
+def _exact_cache_store(key: str, entry: dict[str, Any], chat_settings: ChatSettings) -> None:
+    with contextlib.suppress(*CACHE_ERRORS):
+        cache.set(key, entry, chat_settings.cache_ttl_seconds)
 
 
 def _redact_output(prepared: Prepared, text: str, recorder: TraceRecorder) -> str:

@@ -20,6 +20,13 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 
 
+def worker_exit(server: object, worker: object) -> None:
+    """Write what the worker's background thread still holds (traces...) before it exits."""
+    from tenants.background import background
+
+    background.flush()
+
+
 def child_exit(server: object, worker: object) -> None:
     """Drop a dead worker's files in prometheus_client's multiprocess directory."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

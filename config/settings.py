@@ -136,6 +136,8 @@ if DATABASE_URL:
     }
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (pgvector is required)")
+    # Django's backend with a health check that costs no query when the connection is fine.
+    DATABASES["default"]["ENGINE"] = "tenants.postgres"
     database_options = DATABASES["default"].setdefault("OPTIONS", {})
     database_options["options"] = (
         database_options.get("options", "") + f" -c hnsw.ef_search={RAG_HNSW_EF_SEARCH}"
@@ -206,6 +208,13 @@ TENANT_DEFAULT_ALLOWED_MODELS = env_list("TENANT_DEFAULT_ALLOWED_MODELS", "*")
 # Largest request body the JSON API accepts; larger ones get 413 before any parsing.
 API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 1024 * 1024)
 
+# --- After-response bookkeeping (tenants/background.py) -------------------------------------------
+# Traces, limiter corrections and cache fills run on one background thread per process.
+BACKGROUND_QUEUE_SIZE = env_int("BACKGROUND_QUEUE_SIZE", 10_000)  # beyond it, jobs are dropped (counted)
+BACKGROUND_FLUSH_SECONDS = float(env_str("BACKGROUND_FLUSH_SECONDS", "10"))  # drained for this long at exit
+# On: jobs run in the caller's thread instead (the tests: their transaction is invisible elsewhere).
+BACKGROUND_INLINE = env_bool("BACKGROUND_INLINE", False)
+
 # --- Prompts ----------------------------------------------------------------------------------------
 # How often a worker re-checks (one Redis GET) that its cached prompt snapshot is still current.
 PROMPT_CACHE_CHECK_SECONDS = env_int("PROMPT_CACHE_CHECK_SECONDS", 2)
@@ -233,6 +242,8 @@ CHAT_RETRY_MAX_DELAY_SECONDS = float(env_str("CHAT_RETRY_MAX_DELAY_SECONDS", "4"
 CIRCUIT_FAILURE_THRESHOLD = env_int("CIRCUIT_FAILURE_THRESHOLD", 5)
 CIRCUIT_WINDOW_SECONDS = env_int("CIRCUIT_WINDOW_SECONDS", 60)
 CIRCUIT_COOLDOWN_SECONDS = env_int("CIRCUIT_COOLDOWN_SECONDS", 30)
+# How long a process trusts a clean (closed, failure-free) circuit reading before asking Redis again.
+CIRCUIT_STATE_CHECK_SECONDS = float(env_str("CIRCUIT_STATE_CHECK_SECONDS", "1"))
 CHAT_DEFAULT_MAX_TOKENS = env_int("CHAT_DEFAULT_MAX_TOKENS", 512)
 CHAT_MAX_TOKENS_LIMIT = env_int("CHAT_MAX_TOKENS_LIMIT", 16_384)
 CHAT_MAX_INPUT_TOKENS = env_int("CHAT_MAX_INPUT_TOKENS", 100_000)

@@ -1,12 +1,16 @@
-"""Recording traces: spans are collected in memory during a request and written in one go at the end,
-so tracing adds no database round trip per span on the hot path."""
+"""Recording traces: spans are collected in memory during a request; at its end the trace is handed to
+the background thread (tenants/background.py), which writes every trace queued meanwhile and their
+spans in one statement. Tracing costs a request no database round trip at all.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, models, transaction
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from monitoring.models import Span, Trace, TraceStatus
+from tenants.background import background
 from tenants.database import ASYNC_COMMIT_CTE, async_commit_param
 from tenants.models import Tenant
 
@@ -41,23 +47,8 @@ TTFT = Histogram(
 )
 logger = logging.getLogger(__name__)
 
-# The trace row and its spans (sent as one JSON array) in one statement, committed without waiting for
-# the disk (tenants/database.py): telemetry may be lost in an OS crash, the ledger may not. The columns
-# come from the models, never from a request.
-TRACE_FIELDS = Trace._meta.concrete_fields
-INSERT_TRACE_SQL = f"""
-WITH {ASYNC_COMMIT_CTE},
-trace AS (
-    INSERT INTO {Trace._meta.db_table} ({", ".join(str(field.column) for field in TRACE_FIELDS)})
-    SELECT {", ".join(f"%({field.column})s" for field in TRACE_FIELDS)} FROM async_commit
-    RETURNING id
-)
-INSERT INTO {Span._meta.db_table} (trace_id, ordinal, name, status, start_ms, duration_ms, attributes)
-SELECT trace.id, span.ordinal, span.name, span.status, span.start_ms, span.duration_ms, span.attributes
-FROM trace, jsonb_to_recordset(%(spans)s::jsonb) AS span(
-    ordinal int, name text, status text, start_ms float8, duration_ms float8, attributes jsonb)
-"""  # noqa: S608
 ATTEMPTS = Counter("llm_provider_attempts_total", "Provider attempts", ["provider", "model", "outcome"])
+TRACES_DROPPED = Counter("llm_traces_dropped_total", "Traces dropped: too many were waiting to be written")
 
 
 def _json_safe(value: Any) -> Any:
@@ -129,41 +120,129 @@ class TraceRecorder:
     def set(self, **values: Any) -> None:
         self.fields.update(values)
 
-    def finish(self, *, status: str = TraceStatus.OK, error: str = "") -> Trace:
-        """Writes the trace and all its spans in one statement."""
+    def finish(self, *, status: str = TraceStatus.OK, error: str = "") -> None:
+        """Counts the request in the metrics and queues the trace and its spans for writing."""
         latency = self.elapsed_ms()
-        trace = Trace(
-            id=self.id,
-            tenant=self.tenant,
-            request_id=self.request_id,
-            endpoint=self.endpoint,
-            status=status,
-            error=error.replace("\x00", "")[:500],
-            latency_ms=latency,
-            created_at=self.created_at,
+        row = {
+            **TRACE_DEFAULTS,
             **self.fields,
-        )
-        spans = [{"ordinal": index, **span} for index, span in enumerate(self.spans)]
-        # The request was served (and charged): losing its trace must not fail it. Inside a larger
-        # transaction a savepoint keeps a failed write from aborting the rest.
-        savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-        try:
-            values = {
-                str(field.column): field.get_db_prep_save(field.pre_save(trace, True), connection)
-                for field in TRACE_FIELDS
-            }
-            values["spans"] = json.dumps(_json_safe(spans), cls=DjangoJSONEncoder)
-            values["async_commit"] = async_commit_param()
-            with savepoint, connection.cursor() as cursor:
-                cursor.execute(INSERT_TRACE_SQL, values)
-        except (DatabaseError, TypeError, ValueError):
-            logger.exception("writing trace %s failed", self.id)
-        labels = {"provider": trace.provider or "-", "model": trace.model or "-"}
+            "id": self.id,
+            "tenant_id": self.tenant.pk,
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "status": status,
+            "error": error[:500],
+            "latency_ms": latency,
+            "created_at": self.created_at,
+        }
+        labels = {"provider": row["provider"] or "-", "model": row["model"] or "-"}
         REQUESTS.labels(endpoint=self.endpoint, status=status, **labels).inc()
         LATENCY.labels(endpoint=self.endpoint).observe(latency / 1000)
-        if trace.time_to_first_token_ms is not None:
-            TTFT.labels(provider=labels["provider"]).observe(trace.time_to_first_token_ms / 1000)
+        if row["time_to_first_token_ms"] is not None:
+            TTFT.labels(provider=labels["provider"]).observe(row["time_to_first_token_ms"] / 1000)
         for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
-            TOKENS.labels(kind=kind, **labels).inc(getattr(trace, kind))
-        COST.labels(**labels).inc(trace.cost_nanos / 1e9)
-        return trace
+            TOKENS.labels(kind=kind, **labels).inc(row[kind])
+        COST.labels(**labels).inc(row["cost_nanos"] / 1e9)
+        trace_queue.put(row, self.spans)
+
+
+# Trace columns and their defaults, from the model: `fields` set by the pipeline fill in the rest.
+TRACE_FIELDS = Trace._meta.concrete_fields
+TRACE_DEFAULTS = {
+    str(f.attname): f.get_default() for f in TRACE_FIELDS if f.attname not in ("id", "tenant_id")
+}
+
+
+@functools.cache
+def insert_traces_sql() -> str:
+    """Traces and their spans, each sent as one JSON array, in one statement committed without waiting
+    for the disk (tenants/database.py): telemetry may be lost in an OS crash, the ledger may not.
+    Columns and types come from the models, never from a request; strings arrive as text, so a value
+    too long for its column fails the insert instead of being cut."""
+    columns = [str(f.column) for f in TRACE_FIELDS]
+    types = ["text" if isinstance(f, models.CharField) else str(f.db_type(connection)) for f in TRACE_FIELDS]
+    record = ", ".join(f"{column} {kind}" for column, kind in zip(columns, types, strict=True))
+    return f"""
+WITH {ASYNC_COMMIT_CTE},
+traces AS (
+    INSERT INTO {Trace._meta.db_table} ({", ".join(columns)})
+    SELECT {", ".join(columns)} FROM async_commit, jsonb_to_recordset(%(traces)s::jsonb) AS trace({record})
+)
+INSERT INTO {Span._meta.db_table} (trace_id, ordinal, name, status, start_ms, duration_ms, attributes)
+SELECT trace_id, ordinal, name, status, start_ms, duration_ms, attributes
+FROM jsonb_to_recordset(%(spans)s::jsonb) AS span(
+    trace_id uuid, ordinal int, name text, status text, start_ms float8, duration_ms float8, attributes jsonb)
+"""  # noqa: S608
+
+
+def traces_write(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
+    """Writes (trace row, spans) pairs in one statement; a failure is logged, never raised (the
+    requests were served). When a value is at fault each trace is tried alone, so a bad one loses
+    only itself. Inside a larger transaction a savepoint keeps a failed write from aborting the rest."""
+    try:
+        _insert_traces(traces)
+    except (DataError, IntegrityError, TypeError, ValueError):
+        if len(traces) > 1:
+            for trace in traces:
+                traces_write([trace])
+        else:
+            logger.exception("writing trace %s failed", traces[0][0]["id"])
+    except DatabaseError:
+        logger.exception("writing %s traces failed", len(traces))
+
+
+def _insert_traces(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
+    rows = [row for row, _ in traces]
+    spans = [
+        {"trace_id": row["id"], "ordinal": index, **span}
+        for row, row_spans in traces
+        for index, span in enumerate(row_spans)
+    ]
+    values = {
+        "traces": json.dumps(_json_safe(rows), cls=DjangoJSONEncoder),
+        "spans": json.dumps(_json_safe(spans), cls=DjangoJSONEncoder),
+        "async_commit": async_commit_param(),
+    }
+    savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    with savepoint, connection.cursor() as cursor:
+        cursor.execute(insert_traces_sql(), values)
+
+
+class TraceQueue:
+    """Finished traces waiting for the background thread. One job writes everything queued until
+    the queue is empty, so under load traces go to the database in batches of up to MAX_BATCH."""
+
+    MAX_BATCH = 200
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        self._scheduled = False  # a write_pending job is queued or running
+
+    def put(self, row: dict[str, Any], spans: list[dict[str, Any]]) -> None:
+        with self._lock:
+            if len(self._pending) >= settings.BACKGROUND_QUEUE_SIZE:  # the database is down or far behind
+                TRACES_DROPPED.inc()
+                return
+            self._pending.append((row, spans))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if not background.submit(self.write_pending):
+            with self._lock:
+                self._scheduled = False  # the next trace tries again
+
+    def write_pending(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+                if not batch:
+                    self._scheduled = False
+                    return
+            try:
+                traces_write(batch)
+            except Exception:  # never leave the queue unscheduled behind an unexpected error
+                logger.exception("writing %s traces failed", len(batch))
+
+
+trace_queue = TraceQueue()

@@ -7,14 +7,15 @@ from rest_framework import serializers
 from prompts.models import PromptTemplate, TemplateKind
 from prompts.rendering import ROLES
 from prompts.selectors import RenderedPrompt, running_experiment
+from tenants.serializers import RequestSerializer
 
 
-class MessageSerializer(serializers.Serializer):
+class MessageSerializer(RequestSerializer):
     role = serializers.ChoiceField(choices=ROLES)
     content = serializers.CharField(trim_whitespace=False)
 
 
-class VersionContentSerializer(serializers.Serializer):
+class VersionContentSerializer(RequestSerializer):
     """The body of a new version; the content rules themselves live in prompts.rendering."""
 
     messages = MessageSerializer(many=True, required=False, allow_null=True)
@@ -40,11 +41,11 @@ class PromptVersionCreateSerializer(VersionContentSerializer):
     message = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
 
-class LabelMoveSerializer(serializers.Serializer):
+class LabelMoveSerializer(RequestSerializer):
     version = serializers.IntegerField(min_value=1)
 
 
-class RenderSerializer(serializers.Serializer):
+class RenderSerializer(RequestSerializer):
     label = serializers.SlugField(required=False, max_length=50)  # type: ignore[assignment]  # shadows Field.label
     version = serializers.IntegerField(required=False, min_value=1)
     variables = serializers.DictField(required=False, default=dict)
@@ -58,12 +59,12 @@ class RenderSerializer(serializers.Serializer):
         return attrs
 
 
-class VariantInputSerializer(serializers.Serializer):
+class VariantInputSerializer(RequestSerializer):
     version = serializers.IntegerField(min_value=1)
     weight = serializers.IntegerField(min_value=0, max_value=100)
 
 
-class ExperimentCreateSerializer(serializers.Serializer):
+class ExperimentCreateSerializer(RequestSerializer):
     name = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
     variants = VariantInputSerializer(many=True, allow_empty=False)
 

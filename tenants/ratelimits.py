@@ -70,11 +70,13 @@ def _request_usage(
 
 
 def _request_policies(api_key: ApiKey) -> list[tuple[str, str, int]]:
+    """The key's own limit, when it has one, then the tenant's. A key without one is held to the
+    tenant's limit alone: counting it again per key would cost two Redis round trips a request."""
     tenant = api_key.tenant
-    return [
-        ("key-requests", f"key:{api_key.pk}", api_key.requests_per_minute or tenant.requests_per_minute),
-        ("tenant-requests", f"tenant:{tenant.pk}", tenant.requests_per_minute),
-    ]
+    policies = [("tenant-requests", f"tenant:{tenant.pk}", tenant.requests_per_minute)]
+    if api_key.requests_per_minute is not None:
+        policies.insert(0, ("key-requests", f"key:{api_key.pk}", api_key.requests_per_minute))
+    return policies
 
 
 def request_usages(request: Any, *, api_key: ApiKey) -> list[PolicyUsage]:

@@ -20,6 +20,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from chat.circuit import circuit_readings_forget
 from tenants.models import ApiKey, Scope, Tenant
 from tenants.services import api_key_create, tenant_create
 
@@ -28,8 +29,17 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> None:
-    """Tests own Redis database TEST_REDIS_DB (see config/devserver.py); start each test empty."""
+    """Tests own Redis database TEST_REDIS_DB (see config/devserver.py); start each test empty,
+    without readings of it kept in this process."""
     cache.clear()
+    circuit_readings_forget()
+
+
+@pytest.fixture(autouse=True)
+def _background_inline(settings: Any) -> None:
+    """After-response jobs (traces, token corrections) run in the test's own thread: another thread's
+    connection cannot see the test's transaction. Tests of the background thread turn this off."""
+    settings.BACKGROUND_INLINE = True
 
 
 @pytest.fixture

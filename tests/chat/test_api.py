@@ -9,6 +9,8 @@ from chat.models import Conversation
 from chat.services import chat_settings_update
 from monitoring.models import Span, Trace
 from prompts.services import experiment_start
+from tenants.background import background
+from tenants.ratelimits import tokens_this_minute
 from tests.chat.test_chain import ask, parse_sse
 
 
@@ -156,6 +158,21 @@ def test_bad_chat_input_is_4xx(chat_client, upstreams, body, param):
     assert not UsageEntry.objects.exists()
 
 
+@pytest.mark.parametrize("key", [5, ["k"], "", "k" * 201])
+def test_a_bad_idempotency_key_is_400_on_both_chat_endpoints(chat_client, upstreams, key):
+    chat = chat_client.post("/api/v1/chat", {"message": "hi", "idempotency_key": key}, format="json")
+    messages = [{"role": "user", "content": "hi"}]
+    completions = chat_client.post(
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": messages, "idempotency_key": key},
+        format="json",
+    )
+    for response in (chat, completions):
+        assert response.status_code == 400, response.json()
+        assert response.json()["error"]["param"] == "idempotency_key"
+    assert not UsageEntry.objects.exists()
+
+
 def test_models_outside_the_allow_list_are_403(tenant, chat_client, upstreams):
     tenant.allowed_models = ["gpt-4o-mini", "local"]
     tenant.save()
@@ -195,6 +212,29 @@ def test_trace_has_spans_and_queries_stay_bounded(tenant, chat_client, upstreams
     # reserve, settle, conversation, messages, trace, spans: everything else comes from per-process
     # caches. (The conversation and the trace are each written in one short transaction.)
     assert len(statements) <= 6, [sql[:60] for sql in statements]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_trace_is_written_after_the_response_by_the_background_thread(
+    tenant, chat_client, upstreams, settings
+):
+    """As in production: the request thread sends no trace statement; the background thread writes
+    the trace with all its spans, and corrects the minute's token count."""
+    settings.BACKGROUND_INLINE = False
+    ask(chat_client)
+    assert background.flush(timeout=10)
+    with CaptureQueriesContext(connection) as queries:
+        body = ask(chat_client).json()
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    assert not [sql for sql in statements if "monitoring_" in sql]
+    assert len(statements) <= 4, [sql[:60] for sql in statements]  # reserve, settle, the turn
+    assert background.flush(timeout=10)
+    trace = Trace.objects.get(pk=body["trace_id"])
+    assert trace.spans.count() == 7
+    used = (
+        body["usage"]["input_tokens"] + body["usage"]["cached_input_tokens"] + body["usage"]["output_tokens"]
+    )
+    assert tokens_this_minute(tenant=tenant).count == 2 * used  # estimates replaced by what was used
 
 
 def test_circuits_show_in_health_and_admin(tenant, client, admin_client, chat_client, upstreams, settings):

@@ -3,13 +3,18 @@ breaker, and the ledger after every fault (charged once or not at all, nothing l
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
+from django.conf import settings as django_settings
 
 from billing.models import BudgetPeriod, Reservation, UsageEntry
 from chat.circuit import circuit_state
 from monitoring.models import Span, Trace
+from tests.conftest import BASE_DIR
 
 
 def ask(chat_client, **body):
@@ -149,6 +154,39 @@ def test_circuit_opens_skips_the_provider_then_half_opens(tenant, chat_client, u
     third = ask(chat_client)  # half-open probe succeeds and closes the circuit
     assert third.json()["provider"] == "openai"
     assert circuit_state("openai:gpt-4o-mini").state == "closed"
+
+
+def test_another_workers_failures_arrive_once_the_clean_reading_is_old(
+    tenant, chat_client, upstreams, settings
+):
+    """A clean circuit reading is trusted for CIRCUIT_STATE_CHECK_SECONDS (no Redis round trip);
+    a circuit another process opened meanwhile is seen as soon as the reading is older than that."""
+    settings.CIRCUIT_STATE_CHECK_SECONDS = 60
+    openai_server, _ = upstreams
+    assert ask(chat_client).json()["provider"] == "openai"  # reads Redis: closed, no failures
+    subprocess.run(  # another worker sees openai fail and opens its circuit
+        [sys.executable, "-c", OPEN_CIRCUIT_ELSEWHERE],
+        cwd=BASE_DIR,
+        env={**os.environ, "REDIS_URL": django_settings.REDIS_URL, "CIRCUIT_FAILURE_THRESHOLD": "1"},
+        check=True,
+    )
+    assert circuit_state("openai:gpt-4o-mini").state == "open"
+    calls = len(openai_server.requests)
+    assert ask(chat_client).json()["provider"] == "openai"  # the reading still stands: no round trip
+    settings.CIRCUIT_STATE_CHECK_SECONDS = 0  # ...until it is older than the setting
+    skipped = ask(chat_client)
+    assert skipped.json()["provider"] == "anthropic"
+    assert len(openai_server.requests) == calls + 1
+    assert ("openai", "skipped", "") in provider_spans(skipped)
+
+
+OPEN_CIRCUIT_ELSEWHERE = """
+import django, os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup()
+from chat.circuit import circuit_record_failure
+circuit_record_failure("openai:gpt-4o-mini")
+"""
 
 
 def test_budget_exceeded_is_402_before_any_provider_call(tenant, chat_client, upstreams):

@@ -7,7 +7,7 @@ from tests.conftest import client_with_key, expire_now
 
 
 def test_me_returns_tenant_quotas_and_usage(tenant, make_key):
-    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT], requests_per_minute=50)
     client = client_with_key(raw_key)
     client.get("/api/v1/me")
     response = client.get("/api/v1/me")
@@ -19,7 +19,12 @@ def test_me_returns_tenant_quotas_and_usage(tenant, make_key):
     assert body["quotas"]["requests_per_minute"] == tenant.requests_per_minute
     assert body["quotas"]["monthly_token_quota"] == tenant.monthly_token_quota
     assert body["usage"]["requests_this_minute"]["used"] == 2
-    assert body["usage"]["key_requests_this_minute"]["used"] == 2
+    assert body["usage"]["key_requests_this_minute"] == {
+        "used": 2,
+        "limit": 50,
+        "remaining": 48,
+        "reset_seconds": body["usage"]["key_requests_this_minute"]["reset_seconds"],
+    }
     assert body["usage"]["tokens_this_minute"] == {
         "used": 0,
         "limit": tenant.tokens_per_minute,
