@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anthropic
+import httpx2
 import openai
 from django.conf import settings
 
@@ -92,6 +93,8 @@ def classify(exc: Exception) -> ProviderError:
         return ProviderError("timeout", "the provider did not answer in time")
     if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
         return ProviderError("connection", f"could not reach the provider: {exc}")
+    if isinstance(exc, httpx2.TransportError):  # a stream dropped mid-way (anthropic's SDK lets it through)
+        return ProviderError("connection", f"the connection to the provider broke: {exc}")
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         status = exc.status_code
         retry_after = _retry_after(exc.response.headers)
@@ -163,6 +166,20 @@ def _anthropic_client(
     )
 
 
+class ReusableStream(openai.Stream[object]):
+    """The SDK's Stream, reading the response to its end after `[DONE]`. The SDK stops at `[DONE]`
+    and closes a response whose last chunk is still unread, which closes the connection: every
+    streamed completion would then open a new (TLS) connection to the provider."""
+
+    def _iter_events(self) -> Iterator[Any]:
+        events = super()._iter_events()
+        for event in events:
+            if event.data.startswith("[DONE]"):
+                for _ in events:  # what is left is the end of the message: the connection goes back
+                    pass
+            yield event
+
+
 class OpenAIProvider:
     name = "openai"
 
@@ -219,7 +236,7 @@ class OpenAIProvider:
                 cast_to=object,
                 options={"timeout": _stream_timeout()},
                 stream=True,
-                stream_cls=openai.Stream[object],
+                stream_cls=ReusableStream,
             )
             finished = False
             chunk: Any

@@ -212,6 +212,8 @@ API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 1024 * 1024)
 # Traces, limiter corrections and cache fills run on one background thread per process.
 BACKGROUND_QUEUE_SIZE = env_int("BACKGROUND_QUEUE_SIZE", 10_000)  # beyond it, jobs are dropped (counted)
 BACKGROUND_FLUSH_SECONDS = float(env_str("BACKGROUND_FLUSH_SECONDS", "10"))  # drained for this long at exit
+# How long the thread lets jobs gather once one arrives: one batch (one trace insert) per window.
+BACKGROUND_BATCH_SECONDS = float(env_str("BACKGROUND_BATCH_SECONDS", "0.1"))
 # On: jobs run in the caller's thread instead (the tests: their transaction is invisible elsewhere).
 BACKGROUND_INLINE = env_bool("BACKGROUND_INLINE", False)
 

@@ -27,11 +27,16 @@ class FakeLLMServer:
         self.usage = (25, 5, 8)  # uncached input, cached input, output
         self.hang_seconds = 3.0
         self.token_interval_seconds = 0.0  # a stream's pause between deltas, as a model generating
+        self.connections = 0  # TCP connections accepted so far (a kept-alive one serves many requests)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed ACK
+
+            def setup(self) -> None:
+                server.connections += 1
+                super().setup()
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -170,9 +175,11 @@ class FakeLLMServer:
         }
 
     def _stream(self, handler: BaseHTTPRequestHandler, behaviour: str, body: dict[str, Any]) -> None:
+        """Server-Sent Events in chunked transfer encoding on a kept-alive connection, as both APIs
+        send them; `cut:N` drops the connection after N deltas, before the stream's last chunk."""
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
-        handler.send_header("Connection", "close")
+        handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         words = self.answer.split(" ")
         deltas = [word if index == 0 else " " + word for index, word in enumerate(words)]
@@ -187,13 +194,16 @@ class FakeLLMServer:
             if cut is not None and is_delta and sent_deltas == cut:
                 handler.wfile.flush()
                 handler.connection.shutdown(2)  # drop the connection mid-stream
+                handler.close_connection = True
                 return
             if is_delta and sent_deltas and self.token_interval_seconds:
                 time.sleep(self.token_interval_seconds)
             head = f"event: {name}\n" if name else ""
-            handler.wfile.write(f"{head}data: {data}\n\n".encode())
+            event = f"{head}data: {data}\n\n".encode()
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             handler.wfile.flush()
             sent_deltas += is_delta
+        handler.wfile.write(b"0\r\n\r\n")
 
     def _openai_events(
         self, body: dict[str, Any], deltas: list[str], behaviour: str

@@ -24,7 +24,12 @@ def ask(chat_client, **body):
 
 
 def provider_spans(response) -> list[tuple[str, str, str]]:
-    trace = Trace.objects.get(pk=response.json()["trace_id"])
+    return attempts_of(response.json()["trace_id"])
+
+
+def attempts_of(trace_id: str) -> list[tuple[str, str, str]]:
+    """(provider, status, error kind) of each provider span of the trace."""
+    trace = Trace.objects.get(pk=trace_id)
     return [
         (s.attributes.get("provider"), s.status, s.attributes.get("error_kind", ""))
         for s in Span.objects.filter(trace=trace, name="provider").order_by("ordinal")
@@ -223,6 +228,36 @@ def test_streams_are_charged_once_even_when_cut_or_without_usage(tenant, chat_cl
     assert entry.output_tokens == (len(deltas) + 3) // 4  # counted by us: no provider usage arrived
     assert not Reservation.objects.exists()
     assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_stream_dropped_before_its_first_token_is_retried(
+    tenant, chat_client, upstreams, settings, provider
+):
+    server = upstreams[0] if provider == "openai" else upstreams[1]
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = [f"{provider}:{model}", "local:local"]
+    server.then("cut:0")
+    response = ask(chat_client, stream=True)
+    events = parse_sse(b"".join(response.streaming_content).decode())
+    done = events[-1][1]
+    assert (done["provider"], done["model"]) == (provider, model)
+    assert attempts_of(done["trace_id"]) == [(provider, "error", "connection"), (provider, "ok", "")]
+    assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_streams_reuse_the_connection_to_the_provider(tenant, chat_client, upstreams, settings, provider):
+    """The openai SDK stops reading at [DONE] and would drop the connection: each stream would pay
+    a new (TLS) handshake. Both providers' streams are read to the end, so one connection serves all."""
+    server = upstreams[0] if provider == "openai" else upstreams[1]
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = [f"{provider}:{model}"]
+    for _ in range(5):
+        events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+        assert events[-1][0] == "done"
+    assert len(server.requests) == 5
+    assert server.connections == 1
 
 
 def test_stream_failure_before_the_first_token_falls_back(tenant, chat_client, upstreams):
