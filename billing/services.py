@@ -41,7 +41,7 @@ from billing.models import (
     usd,
 )
 from tenants.caching import StampedLocalCache
-from tenants.database import ASYNC_COMMIT_CTE, async_commit_param
+from tenants.database import ASYNC_COMMIT_CTE, async_commit_param, prepared_cursor
 from tenants.errors import ApiError, ConflictError, DomainError
 from tenants.models import Tenant
 from tenants.services import audit_event_record
@@ -294,7 +294,7 @@ def budget_reserve(
     now = timezone.now()
     today = timezone.localdate(now)
     period_id = current_period_id(tenant=tenant, today=today)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             RESERVE_SQL,
             {
@@ -414,7 +414,7 @@ def _charge(
     trace_id: UUID | None,
 ) -> Charge:
     now = timezone.now()
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             SETTLE_SQL,
             {

@@ -136,12 +136,16 @@ if DATABASE_URL:
     }
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (pgvector is required)")
-    # Django's backend with a health check that costs no query when the connection is fine.
-    DATABASES["default"]["ENGINE"] = "tenants.postgres"
     database_options = DATABASES["default"].setdefault("OPTIONS", {})
     database_options["options"] = (
         database_options.get("options", "") + f" -c hnsw.ef_search={RAG_HNSW_EF_SEARCH}"
     ).strip()
+    # Django's backend with a health check that costs no query when the connection is fine, and the
+    # budget statements prepared (tenants/postgres/base.py): psycopg prepares a statement on its 5th
+    # run on a connection (Django turns that off by default). Behind PgBouncer older than 1.21 in
+    # transaction mode, which cannot carry prepared statements, set DB_PREPARED_STATEMENTS=0.
+    DATABASES["default"]["ENGINE"] = "tenants.postgres"
+    database_options["prepare_threshold"] = 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None
 else:
     # Importable without a database (mypy, `manage.py help`); any query fails with Django's clear error.
     # `make run` / `make test` always provide DATABASE_URL.

@@ -27,7 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from monitoring.models import Span, Trace, TraceStatus
 from tenants.background import background
-from tenants.database import ASYNC_COMMIT_CTE, async_commit_param
+from tenants.database import ASYNC_COMMIT_CTE, async_commit_param, prepared_cursor
 from tenants.models import Tenant
 
 REQUESTS = Counter("llm_requests_total", "Chat requests", ["endpoint", "provider", "model", "status"])
@@ -204,7 +204,7 @@ def _insert_traces(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]]) ->
         "async_commit": async_commit_param(),
     }
     savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    with savepoint, connection.cursor() as cursor:
+    with savepoint, prepared_cursor() as cursor:
         cursor.execute(insert_traces_sql(), values)
 
 

@@ -1,4 +1,5 @@
-"""Asynchronous commit for writes that may be lost in an operating-system crash.
+"""Asynchronous commit for writes that may be lost in an operating-system crash, and the prepared
+cursor of the statements run on every chat request.
 
 A statement run outside `transaction.atomic` is its own transaction, and its COMMIT waits for the WAL
 to reach the disk (about 0.2-0.5 ms here). For a write whose loss in an OS crash or power failure is
@@ -12,7 +13,10 @@ since the transaction's other writes may need to be durable.
 
 from __future__ import annotations
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.utils import CursorWrapper
+
+from tenants.postgres.base import DatabaseWrapper as PreparingDatabaseWrapper
 
 ASYNC_COMMIT_CTE = (
     "async_commit AS (SELECT set_config('synchronous_commit', "
@@ -23,3 +27,12 @@ ASYNC_COMMIT_CTE = (
 def async_commit_param() -> str | None:
     """'off' for a statement that is its own transaction; None (unchanged) inside a larger one."""
     return "off" if connection.get_autocommit() and not connection.in_atomic_block else None
+
+
+def prepared_cursor() -> CursorWrapper:
+    """A cursor for a statement run on every request: PostgreSQL plans it once per connection
+    (tenants/postgres/base.py). Any other backend gives its ordinary cursor."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if isinstance(wrapper, PreparingDatabaseWrapper):
+        return wrapper.prepared_cursor()
+    return wrapper.cursor()

@@ -1,1 +1,1 @@
-"""Django's PostgreSQL backend with a per-request health check that costs no round trip (see base.py)."""
+"""Django's PostgreSQL backend with a health check that costs no round trip and prepared hot statements."""

@@ -64,3 +64,21 @@ def test_a_connection_inside_a_transaction_gets_the_stock_check(second_connectio
     assert last_query_of(second_connection.connection.info.backend_pid) == "SELECT 1"
     second_connection.rollback()
     second_connection.set_autocommit(True)
+
+
+def prepared_statements(wrapper) -> list[str]:
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_prepared_cursor_has_postgres_plan_a_repeated_statement_once(second_connection):
+    for value in range(6):  # psycopg prepares a statement on its 5th run (prepare_threshold)
+        with second_connection.cursor() as cursor:
+            cursor.execute("SELECT %(value)s::int + 1", {"value": value})
+    assert prepared_statements(second_connection) == []  # Django's cursors bind on the client
+    for value in range(6):
+        with second_connection.prepared_cursor() as cursor:
+            cursor.execute("SELECT %(value)s::int + 2", {"value": value})
+            assert cursor.fetchone() == (value + 2,)
+    assert prepared_statements(second_connection) == ["SELECT $1::int + 2"]
