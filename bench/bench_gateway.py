@@ -19,6 +19,7 @@ from harness import (
     LoadResult,
     base_interpreter,
     gunicorn,
+    idle_round_trip_us,
     load,
     machine_line,
     reference_loop_ms,
@@ -128,6 +129,7 @@ def main() -> None:
     gateway_headers = {**json_headers, "Authorization": f"Bearer {raw_key}"}
     rows = []
     calibration_before = reference_loop_ms()
+    round_trip_before = idle_round_trip_us()
     with gunicorn(env) as port:
         load(
             port, "/v1/chat/completions", concurrency=2, seconds=1, headers=gateway_headers, body=body
@@ -206,6 +208,7 @@ def main() -> None:
     upstream.close()
     direct_p50, gateway_p50 = statistics.median(direct_ttft), statistics.median(gateway_ttft)
     calibration_after = reference_loop_ms()
+    round_trip_after = idle_round_trip_us()
     lines = [
         "## Gateway overhead (`bench/bench_gateway.py`)",
         "",
@@ -215,7 +218,9 @@ def main() -> None:
         "rate limits, guards, budget reserve/settle and ledger, and queues its trace. "
         f"Interpreter: `{base_interpreter()}`. Machine speed before / after: "
         f"{calibration_before:.0f} / {calibration_after:.0f} ms for the reference Python loop "
-        "(`harness.reference_loop_ms`; lower is faster; compare runs by it).",
+        f"(`harness.reference_loop_ms`), {round_trip_before:.0f} / {round_trip_after:.0f} µs for a round "
+        "trip to Redis after 3 ms idle (`harness.idle_round_trip_us`); lower is faster, compare runs "
+        "by both: this VM's round trips vary by 2x from hour to hour.",
         "",
         "| concurrency | upstream direct p50 / p99 ms | through gateway p50 / p99 ms | overhead p50 / p99 ms "
         "| gateway req/s |",

@@ -221,6 +221,25 @@ def reference_loop_ms() -> float:
     return statistics.median(timings)
 
 
+def idle_round_trip_us() -> float:
+    """Median microseconds of a Redis PING sent after 3 ms of idleness: what one network round trip
+    costs a request on this (shared, virtual) machine right now, waking the peer included. The
+    gateway makes about ten of them per request, so its latency follows this more than the CPU."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.ping()
+    timings = []
+    for _ in range(200):
+        time.sleep(0.003)
+        started = time.perf_counter()
+        client.ping()
+        timings.append((time.perf_counter() - started) * 1e6)
+    client.close()
+    return statistics.median(timings)
+
+
 def base_interpreter() -> str:
     """The Python the virtualenv was built from."""
     return str(getattr(sys, "_base_executable", sys.executable))

@@ -8,7 +8,9 @@ circuit, failure opens it for another cooldown. If Redis is down, circuits count
 Each process trusts a clean reading (closed, no failures) for CIRCUIT_STATE_CHECK_SECONDS instead of
 asking Redis on every call: the healthy steady state costs no round trip, failures another worker
 saw reach this one within that time, and this process's own failures at once (they drop its
-reading). Any reading with failures in it is taken from Redis on every call, as before.
+reading). Any reading with failures in it is taken from Redis on every call, as before. While a
+reading is trusted, this process's successes do not clear failures other workers recorded since:
+those expire with their window, or the next success after the reading is refreshed clears them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 _dirty: ContextVar[bool] = ContextVar("circuit_dirty", default=True)
 # target -> monotonic time Redis last showed the circuit closed without failures, in this process.
 _clean_since: dict[str, float] = {}
+# target -> failures this process has recorded: a reading taken across one of them is not kept.
+_failures_seen: dict[str, int] = {}
 
 
 def _keys(target: str) -> tuple[str, str, str]:
@@ -54,12 +58,13 @@ def circuit_allows(target: str) -> bool:
         _dirty.set(False)
         return True
     failures_key, open_key, probe_key = _keys(target)
+    seen = _failures_seen.get(target, 0)
     try:
         state = cache.get_many([failures_key, open_key])
         _dirty.set(bool(state))
         if state:
             _clean_since.pop(target, None)
-        else:
+        elif _failures_seen.get(target, 0) == seen:  # no failure of this process came in meanwhile
             _clean_since[target] = time.monotonic()
         open_until = state.get(open_key)
         if open_until is None:
@@ -82,6 +87,7 @@ def circuit_record_success(target: str) -> None:
 
 
 def circuit_record_failure(target: str) -> None:
+    _failures_seen[target] = _failures_seen.get(target, 0) + 1
     _clean_since.pop(target, None)
     failures_key, open_key, probe_key = _keys(target)
     try:

@@ -9,6 +9,7 @@ settings, so any OpenAI-compatible server works.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from django.conf import settings
 
 from chat.embeddings import words
 from chat.tokens import estimate_message_tokens, estimate_tokens
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,15 +172,26 @@ def _anthropic_client(
 class ReusableStream(openai.Stream[object]):
     """The SDK's Stream, reading the response to its end after `[DONE]`. The SDK stops at `[DONE]`
     and closes a response whose last chunk is still unread, which closes the connection: every
-    streamed completion would then open a new (TLS) connection to the provider."""
+    streamed completion would then open a new (TLS) connection to the provider. (Its async Stream
+    drains; the sync one does not.)"""
 
     def _iter_events(self) -> Iterator[Any]:
         events = super()._iter_events()
         for event in events:
             if event.data.startswith("[DONE]"):
-                for _ in events:  # what is left is the end of the message: the connection goes back
-                    pass
+                _drain(events)
             yield event
+
+
+def _drain(events: Iterator[Any]) -> None:
+    """Reads what follows `[DONE]`, normally just the end of the message, so the connection goes back
+    to the pool. A failure there costs the connection, never the completed answer; a server holding
+    the response open after `[DONE]` is waited for up to the stream's read timeout."""
+    try:
+        for _ in events:
+            pass
+    except (openai.APIError, httpx2.HTTPError, ValueError):
+        logger.debug("the provider's stream did not end cleanly after [DONE]; its connection is dropped")
 
 
 class OpenAIProvider:

@@ -320,10 +320,11 @@ def _take_tokens(tenant: Tenant, prepared: Prepared) -> None:
 
 
 def _return_tokens(tenant: Tenant, prepared: Prepared | None, used: int) -> None:
-    """Corrects this minute's token count after the response: the estimate taken before the call
-    only ever over-counts meanwhile."""
+    """Replaces the estimate taken before the call by what it used, at once: the next request of
+    the tenant must see the real count (deferred, the estimate would refuse it, or admit too many
+    when the estimate fell short)."""
     if prepared is not None and prepared.tokens is not None:
-        background.submit(partial(token_rate_adjust, tenant=tenant, reservation=prepared.tokens, used=used))
+        token_rate_adjust(tenant=tenant, reservation=prepared.tokens, used=used)
         prepared.tokens = None
 
 

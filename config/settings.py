@@ -137,13 +137,15 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (pgvector is required)")
     database_options = DATABASES["default"].setdefault("OPTIONS", {})
+    # A database that drops packets must not hang a request (or the background thread) for minutes.
+    database_options.setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT_SECONDS", 5))
     database_options["options"] = (
         database_options.get("options", "") + f" -c hnsw.ef_search={RAG_HNSW_EF_SEARCH}"
     ).strip()
     # Django's backend with a health check that costs no query when the connection is fine, and the
     # budget statements prepared (tenants/postgres/base.py): psycopg prepares a statement on its 5th
-    # run on a connection (Django turns that off by default). Behind PgBouncer older than 1.21 in
-    # transaction mode, which cannot carry prepared statements, set DB_PREPARED_STATEMENTS=0.
+    # run on a connection (Django turns that off by default). Behind PgBouncer in transaction mode
+    # before 1.22, or without max_prepared_statements, set DB_PREPARED_STATEMENTS=0.
     DATABASES["default"]["ENGINE"] = "tenants.postgres"
     database_options["prepare_threshold"] = 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None
 else:

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 ATTEMPTS = Counter("llm_provider_attempts_total", "Provider attempts", ["provider", "model", "outcome"])
 TRACES_DROPPED = Counter("llm_traces_dropped_total", "Traces dropped: too many were waiting to be written")
+TRACES_LOST = Counter("llm_traces_lost_total", "Traces whose write failed")
 
 
 def _json_safe(value: Any) -> Any:
@@ -133,7 +135,7 @@ class TraceRecorder:
             "status": status,
             "error": error[:500],
             "latency_ms": latency,
-            "created_at": self.created_at,
+            "created_at": self.created_at.isoformat(),  # to the microsecond (DjangoJSONEncoder keeps ms)
         }
         labels = {"provider": row["provider"] or "-", "model": row["model"] or "-"}
         REQUESTS.labels(endpoint=self.endpoint, status=status, **labels).inc()
@@ -175,20 +177,27 @@ FROM jsonb_to_recordset(%(spans)s::jsonb) AS span(
 """  # noqa: S608
 
 
-def traces_write(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
-    """Writes (trace row, spans) pairs in one statement; a failure is logged, never raised (the
-    requests were served). When a value is at fault each trace is tried alone, so a bad one loses
-    only itself. Inside a larger transaction a savepoint keeps a failed write from aborting the rest."""
+def traces_write(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]], *, retry: bool = True) -> None:
+    """Writes (trace row, spans) pairs in one statement; a failure is logged and counted, never raised
+    (the requests were served). When a value is at fault each trace is tried alone, so a bad one loses
+    only itself; when the connection is (a failover, a killed backend), the batch is tried once more on
+    a new one. Inside a larger transaction a savepoint keeps a failed write from aborting the rest."""
     try:
         _insert_traces(traces)
     except (DataError, IntegrityError, TypeError, ValueError):
         if len(traces) > 1:
             for trace in traces:
-                traces_write([trace])
+                traces_write([trace], retry=retry)
         else:
+            TRACES_LOST.inc()
             logger.exception("writing trace %s failed", traces[0][0]["id"])
     except DatabaseError:
-        logger.exception("writing %s traces failed", len(traces))
+        if retry and not connection.in_atomic_block:
+            connection.close()
+            traces_write(traces, retry=False)
+        else:
+            TRACES_LOST.inc(len(traces))
+            logger.exception("writing %s traces failed", len(traces))
 
 
 def _insert_traces(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
@@ -215,6 +224,10 @@ class TraceQueue:
     MAX_BATCH = 200
 
     def __init__(self) -> None:
+        self.forget()
+        os.register_at_fork(after_in_child=self.forget)  # the parent's job does not run in a child
+
+    def forget(self) -> None:
         self._lock = threading.Lock()
         self._pending: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         self._scheduled = False  # a write_pending job is queued or running

@@ -1,13 +1,13 @@
 """Bookkeeping that runs after the response: one daemon thread per process runs submitted jobs in order.
 
-A chat request's trace, its tokens-per-minute correction and its exact-cache entry need not hold the
-client up: the request thread queues them here and answers (bench/bench_gateway.py measures the
-difference). The thread runs what gathered in BACKGROUND_BATCH_SECONDS at a time, so these land up
-to that much later (a token count stays over-estimated meanwhile, never under). Only best-effort
-work belongs here. A process killed hard (SIGKILL, OOM) loses what is
-still queued, usually a few milliseconds of jobs; a normal exit (gunicorn's worker_exit, atexit)
-runs the queue dry first, for up to BACKGROUND_FLUSH_SECONDS. Money never goes through here: the
-ledger is written before the response, and durable work goes to Celery.
+A chat request's trace and its exact-cache entry need not hold the client up: the request thread
+queues them here and answers (bench/bench_gateway.py measures the difference). The thread runs what
+gathered in BACKGROUND_BATCH_SECONDS at a time, so they land that much later. Only best-effort work
+that nothing else waits for belongs here: not money (the ledger is written before the response),
+not limits (the next request must see them), not durable work (Celery). A process killed hard
+(SIGKILL, OOM) loses what is still queued, at least the last BACKGROUND_BATCH_SECONDS of jobs; a
+normal exit (gunicorn's worker_exit, atexit) runs the queue dry first, for up to
+BACKGROUND_FLUSH_SECONDS and within gunicorn's graceful timeout.
 
 With BACKGROUND_INLINE on, jobs run at once in the caller's thread (the test suite's default, where
 each test's database transaction is invisible to another thread's connection).
@@ -29,33 +29,45 @@ from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
 
-DROPPED = Counter("llm_background_jobs_dropped_total", "Background jobs dropped because the queue was full")
+DROPPED = Counter("llm_background_jobs_dropped_total", "Background jobs dropped: queue full or no thread")
 
 Job = Callable[[], None]
+
+
+def job_name(job: Job) -> str:
+    """What a log line may say of a job: its function's name, never its arguments (tenant data)."""
+    function = getattr(job, "func", job)
+    return str(getattr(function, "__qualname__", type(function).__name__))
 
 
 class BackgroundRunner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job] | None = None
-        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def forget_after_fork(self) -> None:
+        """A forked child has neither the parent's thread nor a use for its queue."""
+        self._lock = threading.Lock()
+        self._queue, self._thread = None, None
 
     def _started_queue(self) -> queue.Queue[Job]:
-        """This process's queue, with its thread started on first use (and again after a fork)."""
-        jobs, pid = self._queue, os.getpid()
-        if jobs is not None and self._pid == pid:
+        """The queue, with a live thread on it: started on first use, again if it ever died."""
+        jobs, thread = self._queue, self._thread
+        if jobs is not None and thread is not None and thread.is_alive():
             return jobs
         with self._lock:
-            if self._queue is None or self._pid != pid:
+            if self._queue is None:
                 self._queue = queue.Queue(maxsize=settings.BACKGROUND_QUEUE_SIZE)
-                self._pid = pid
-                threading.Thread(
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
                     target=self._run, args=(self._queue,), name="background-jobs", daemon=True
-                ).start()
+                )
+                self._thread.start()
             return self._queue
 
     def submit(self, job: Job) -> bool:
-        """Queues the job (runs it, inline); False when the queue was full and the job was dropped."""
+        """Queues the job (runs it, inline); False when it was dropped, which never fails the caller."""
         if settings.BACKGROUND_INLINE:
             run_job(job)
             return True
@@ -63,7 +75,13 @@ class BackgroundRunner:
             self._started_queue().put_nowait(job)
         except queue.Full:
             DROPPED.inc()
-            logger.error("background queue full (%s jobs): dropping %s", settings.BACKGROUND_QUEUE_SIZE, job)
+            logger.error(
+                "background queue full (%s jobs): dropping %s", settings.BACKGROUND_QUEUE_SIZE, job_name(job)
+            )
+            return False
+        except RuntimeError:  # no thread could be started
+            DROPPED.inc()
+            logger.exception("no background thread: dropping %s", job_name(job))
             return False
         return True
 
@@ -88,7 +106,7 @@ class BackgroundRunner:
     def flush(self, timeout: float | None = None) -> bool:
         """Waits until every job queued so far has run (at most `timeout` seconds); True if they have."""
         jobs = self._queue
-        if jobs is None or self._pid != os.getpid():
+        if jobs is None:
             return True
         deadline = time.monotonic() + (settings.BACKGROUND_FLUSH_SECONDS if timeout is None else timeout)
         with jobs.all_tasks_done:
@@ -112,7 +130,7 @@ def run_job(job: Job, around: Job | None = None) -> None:
             around()
         job()
     except Exception:
-        logger.exception("background job %s failed", job)
+        logger.exception("background job %s failed", job_name(job))
     finally:
         if around is not None:
             try:
@@ -123,3 +141,4 @@ def run_job(job: Job, around: Job | None = None) -> None:
 
 background = BackgroundRunner()
 atexit.register(background.flush)
+os.register_at_fork(after_in_child=background.forget_after_fork)

@@ -7,6 +7,7 @@ API down with it; /health reports the cache as failed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -70,11 +71,12 @@ def _request_usage(
 
 
 def _request_policies(api_key: ApiKey) -> list[tuple[str, str, int]]:
-    """The key's own limit, when it has one, then the tenant's. A key without one is held to the
-    tenant's limit alone: counting it again per key would cost two Redis round trips a request."""
+    """The key's own limit, when it has one, then the tenant's. A key without one (unset or 0, as
+    ever) is held to the tenant's limit alone: counting it again per key would cost two Redis round
+    trips a request."""
     tenant = api_key.tenant
     policies = [("tenant-requests", f"tenant:{tenant.pk}", tenant.requests_per_minute)]
-    if api_key.requests_per_minute is not None:
+    if api_key.requests_per_minute:
         policies.insert(0, ("key-requests", f"key:{api_key.pk}", api_key.requests_per_minute))
     return policies
 
@@ -138,14 +140,26 @@ class TokenReservation:
     usage: PolicyUsage
 
 
+# INCRBY that gives a new window's counter its expiry: one atomic command (a MULTI/EXEC pipeline of
+# INCRBY and EXPIRE costs redis-py more than the round trip does).
+INCR_WITH_EXPIRY_LUA = """
+local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) < 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return count
+"""
+
+
+@functools.cache
+def _incr_with_expiry_script() -> Any:
+    return get_redis_connection("default").register_script(INCR_WITH_EXPIRY_LUA)
+
+
 def _incr_with_expiry(counter: str, amount: int) -> int:
-    """INCRBY and EXPIRE in one round trip (django-redis stores integers as plain Redis integers)."""
-    key = cache.make_key(counter)
-    with get_redis_connection("default").pipeline() as pipe:
-        pipe.incrby(key, amount)
-        pipe.expire(key, WINDOW_SECONDS + 5)
-        count, _ = pipe.execute()
-    return int(count)
+    """Adds `amount` to the window's counter (django-redis stores integers as plain Redis integers)."""
+    script = _incr_with_expiry_script()
+    return int(script(keys=[cache.make_key(counter)], args=[amount, WINDOW_SECONDS + 5]))
 
 
 def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:

@@ -30,8 +30,10 @@ class RequestSerializer(serializers.Serializer):
         cls = type(self)
         shared: BindingDict | None = cls.__dict__.get("_shared_fields")
         if shared is None:
-            shared = BindingDict(self)
-            for name, field in self.get_fields().items():
+            # Bound to an instance without data, so no request's body stays referenced by the class.
+            prototype = cls()
+            shared = BindingDict(prototype)
+            for name, field in prototype.get_fields().items():
                 shared[name] = field
             cls._shared_fields = shared  # type: ignore[attr-defined]  # a race only builds it twice
         return shared

@@ -3,6 +3,7 @@ formats, for the real SDKs to talk to. Each server plays a script of behaviours,
 (then "ok" forever), so a test says exactly which faults happen in which order:
 
     ok | hang | 429 | 500 | 529 | 400 | 401 | malformed | cut:N (stream N deltas, then drop) | no_usage
+    | reset_after_done (a whole stream, then the connection dropped before the end of the message)
 """
 
 from __future__ import annotations
@@ -203,6 +204,10 @@ class FakeLLMServer:
             handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             handler.wfile.flush()
             sent_deltas += is_delta
+        if behaviour == "reset_after_done":
+            handler.connection.shutdown(2)
+            handler.close_connection = True
+            return
         handler.wfile.write(b"0\r\n\r\n")
 
     def _openai_events(

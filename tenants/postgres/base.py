@@ -11,10 +11,12 @@ without closing (a network partition): the next query then fails and Django drop
 at the end of that request.
 
 `prepared_cursor()`: a cursor that binds parameters on the server, so psycopg prepares a statement
-it has run `prepare_threshold` (5, settings.py) times on the connection and PostgreSQL stops planning
-it. For the few statements run on every chat request (budget reserve and settle), whose planning
-cost about as much as their execution. Everything else keeps Django's client-side binding, whose
-statements carry their values and so are prepared only when they have none.
+it has run `prepare_threshold` (5, settings.py) times on the connection and PostgreSQL stops
+planning it. For the few statements run on every chat request (budget reserve and settle, the trace
+insert), whose planning cost about as much as their execution. Everything else keeps Django's
+client-side binding, which psycopg never prepares. Integers are sent as int8 by the prepared
+cursor: psycopg would otherwise pick int2, int4 or int8 by value, and every combination would be a
+statement of its own to prepare.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import psycopg
 from django.db.backends.postgresql import base
 from django.db.backends.utils import CursorWrapper
 from psycopg import pq
+from psycopg.types.numeric import Int8Dumper
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -45,9 +48,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         factory = self.connection.cursor_factory
         self.connection.cursor_factory = base.ServerBindingCursor
         try:
-            return super().create_cursor(name)
+            cursor = super().create_cursor(name)
         finally:
             self.connection.cursor_factory = factory
+        cursor.adapters.register_dumper(int, Int8Dumper)
+        return cursor
 
     def close_if_health_check_failed(self) -> None:
         if self.health_check_enabled and not self.health_check_done and self._idle_and_quiet():
@@ -63,7 +68,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
             return False
         try:
-            readable, _, _ = select.select([pgconn.socket], [], [], 0)
-        except (OSError, ValueError):  # ValueError: the socket is already closed
+            poller = select.poll()  # not select.select: it cannot take descriptors past 1023
+            poller.register(pgconn.socket, select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):  # the socket is already closed
             return False
-        return not readable

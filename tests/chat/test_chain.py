@@ -260,6 +260,19 @@ def test_streams_reuse_the_connection_to_the_provider(tenant, chat_client, upstr
     assert server.connections == 1
 
 
+def test_a_connection_dropped_after_done_leaves_the_stream_complete(tenant, chat_client, upstreams):
+    openai_server, _ = upstreams
+    openai_server.then("reset_after_done")
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    final_name, final = events[-1]
+    assert final_name == "done"
+    assert final["usage"]["output_tokens"] == 8  # the provider's usage, which came before [DONE]
+    assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8
+    assert Trace.objects.get(pk=final["trace_id"]).status == "ok"
+    assert ask(chat_client, stream=True).status_code == 200  # on a new connection
+    assert openai_server.connections == 2
+
+
 def test_stream_failure_before_the_first_token_falls_back(tenant, chat_client, upstreams):
     openai_server, _ = upstreams
     openai_server.then("500", "500")

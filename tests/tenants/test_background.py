@@ -74,3 +74,37 @@ def test_inline_mode_runs_the_job_at_once_in_the_caller(settings):
     names: list[str] = []
     runner.submit(lambda: names.append(threading.current_thread().name))
     assert names == [threading.current_thread().name]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread it ends
+def test_a_dead_thread_is_replaced_and_a_forked_child_starts_afresh(runner):
+    runner.submit(lambda: None)
+    assert runner.flush(timeout=10)
+    first = runner._thread
+    assert first is not None
+    runner.submit(lambda: (_ for _ in ()).throw(SystemExit))  # ends the thread, as a BaseException would
+    first.join(timeout=10)
+    assert not first.is_alive()
+    done = threading.Event()
+    assert runner.submit(done.set)
+    assert done.wait(10)  # a new thread took the job
+    runner.forget_after_fork()  # what os.register_at_fork runs in a child
+    assert runner._queue is None
+    again = threading.Event()
+    assert runner.submit(again.set)
+    assert again.wait(10)
+
+
+def test_log_lines_name_the_job_not_its_arguments(runner, settings, caplog):
+    from functools import partial
+
+    settings.BACKGROUND_QUEUE_SIZE = 1
+    release = threading.Event()
+    runner.submit(release.wait)
+    runner.submit(lambda: None)
+    with caplog.at_level(logging.ERROR, logger="tenants.background"):
+        for _ in range(3):
+            runner.submit(partial(str, "a tenant's answer"))
+    release.set()
+    assert "dropping str" in caplog.text
+    assert "a tenant's answer" not in caplog.text

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tenants.errors import ApiError
-from tenants.models import Scope
+from tenants.models import ApiKey, Scope
 from tenants.ratelimits import (
     TokenReservation,
     request_usages,
@@ -75,6 +75,14 @@ def test_per_key_limit_applies_below_the_tenant_limit(tenant, make_key):
     assert client_with_key(other_raw).get("/api/v1/me").status_code == 200
 
 
+def test_a_key_limit_of_zero_means_none_of_its_own(tenant, make_key):
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    ApiKey.objects.filter(pk=api_key.pk).update(requests_per_minute=0)  # as the admin form allows
+    response = client_with_key(raw_key).get("/api/v1/me")
+    assert response.status_code == 200
+    assert response["RateLimit-Policy"] == f'"tenant-requests";q={tenant.requests_per_minute};w=60'
+
+
 def test_limits_are_per_tenant(tenant, other_tenant, make_key):
     tenant.requests_per_minute = 1
     tenant.save()
@@ -112,6 +120,16 @@ def test_token_reservation_is_all_or_nothing(tenant):
     token_rate_adjust(tenant=tenant, reservation=reservation, used=250)
     assert tokens_this_minute(tenant=tenant).count == 250
     assert token_rate_reserve(tenant=tenant, tokens=750).usage.count == 1000
+
+
+def test_a_token_window_counter_expires_after_its_minute(tenant):
+    from django.core.cache import cache
+    from django_redis import get_redis_connection
+
+    reservation = token_rate_reserve(tenant=tenant, tokens=10)
+    token_rate_reserve(tenant=tenant, tokens=5)
+    ttl = get_redis_connection("default").ttl(cache.make_key(reservation.counter))
+    assert 60 <= ttl <= 65
 
 
 def test_token_adjustment_never_touches_a_later_window(tenant):
