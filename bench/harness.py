@@ -38,9 +38,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(extra_env: dict[str, str] | None = None) -> Iterator[int]:
+def gunicorn(extra_env: dict[str, str] | None = None, checkout: Path = BASE_DIR) -> Iterator[int]:
     """The app under config/gunicorn.conf.py, as `make run` starts it, with production settings
-    (DEBUG off; plain HTTP on loopback, so no TLS redirect); yields the port."""
+    (DEBUG off; plain HTTP on loopback, so no TLS redirect); yields the port. `checkout` serves the
+    code of another working tree (bench/bench_gateway_compare.py) with this virtualenv."""
     port = free_port()
     env = {
         **os.environ,
@@ -64,7 +65,7 @@ def gunicorn(extra_env: dict[str, str] | None = None) -> Iterator[int]:
             "--log-level",
             "warning",
         ],
-        cwd=BASE_DIR,
+        cwd=checkout,
         env=env,
     )
     try:
