@@ -140,8 +140,7 @@ class TokenReservation:
     usage: PolicyUsage
 
 
-# INCRBY that gives a new window's counter its expiry: one atomic command (a MULTI/EXEC pipeline of
-# INCRBY and EXPIRE costs redis-py more than the round trip does).
+# INCRBY that gives a new window's counter its expiry, in one atomic command.
 INCR_WITH_EXPIRY_LUA = """
 local count = redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('TTL', KEYS[1]) < 0 then
