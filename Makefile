@@ -2,7 +2,7 @@
 # Both create .venv and start embedded PostgreSQL/Redis when none is configured.
 # The virtualenv is built from the distribution's CPython 3.11 when it has one with venv support:
 # distributions build it with PGO and LTO, pyenv's default build has neither, and pure Python runs
-# about 1.5x faster on the first (bench/bench_interpreter.py). `make PYTHON=...` chooses another;
+# 1.3 to 1.5 times faster on the first (bench/bench_interpreter.py). `make PYTHON=...` chooses another;
 # remove .venv after changing it.
 PYTHON ?= $(or $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1 && echo /usr/bin/python3.11),python3)
 VENV := .venv
