@@ -12,7 +12,8 @@ import os
 import statistics
 import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from harness import (
     BASE_DIR,
@@ -40,6 +41,50 @@ TTFT_REQUESTS = 200
 PACED_TOKEN_SECONDS = 0.02  # a model generating 50 tokens/s
 PACED_REQUESTS = 30
 PACED_ANSWER = " ".join(["Paris is the capital of France, on the Seine."] * 4)
+
+
+@dataclass(frozen=True)
+class GatewayBench:
+    """A zero-delay fake OpenAI upstream, the environment pointing a gateway at it, the bench tenant,
+    and the non-streaming and streaming requests with the headers for each side."""
+
+    upstream: Any  # tests.fake_llm.FakeLLMServer, importable once BASE_DIR is on the path
+    env: dict[str, str]
+    tenant: Tenant
+    body: bytes
+    stream_body: bytes
+    json_headers: dict[str, str]
+    gateway_headers: dict[str, str]
+
+
+def gateway_bench() -> GatewayBench:
+    """Starts the upstream, sets its environment for this process too, and sets Django up."""
+    sys.path.insert(0, str(BASE_DIR))
+    from tests.fake_llm import FakeLLMServer
+
+    upstream = FakeLLMServer("openai")
+    env = {
+        "OPENAI_BASE_URL": upstream.base_url,
+        "OPENAI_API_KEY": "bench-key",
+        "CHAT_DEFAULT_FALLBACK_CHAIN": "openai:gpt-4o-mini",
+    }
+    os.environ.update(env)
+    setup_django()
+    tenant, raw_key = bench_tenant_key()
+    request = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    }
+    json_headers = {"Content-Type": "application/json"}
+    return GatewayBench(
+        upstream,
+        env,
+        tenant,
+        json.dumps(request).encode(),
+        json.dumps({**request, "stream": True}).encode(),
+        json_headers,
+        {**json_headers, "Authorization": f"Bearer {raw_key}"},
+    )
 
 
 def bench_tenant_key() -> tuple[Tenant, str]:
@@ -101,32 +146,16 @@ def spans_p50(tenant: Tenant, since: datetime) -> dict[str, float]:
 
 
 def main() -> None:
-    sys.path.insert(0, str(BASE_DIR))
-    from tests.fake_llm import FakeLLMServer
-
-    upstream = FakeLLMServer("openai")
-    env = {
-        "OPENAI_BASE_URL": upstream.base_url,
-        "OPENAI_API_KEY": "bench-key",
-        "CHAT_DEFAULT_FALLBACK_CHAIN": "openai:gpt-4o-mini",
-    }
-    os.environ.update(env)
-    setup_django()
+    bench = gateway_bench()
+    upstream, env, tenant = bench.upstream, bench.env, bench.tenant
+    body, stream_body = bench.body, bench.stream_body
+    json_headers, gateway_headers = bench.json_headers, bench.gateway_headers
     from django.conf import settings
     from django.utils import timezone
 
     from chat.services import chat_settings_update
 
-    tenant, raw_key = bench_tenant_key()
     statements, transactions = statements_per_chat_request(tenant)
-    request = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    }
-    body = json.dumps(request).encode()
-    stream_body = json.dumps({**request, "stream": True}).encode()
-    json_headers = {"Content-Type": "application/json"}
-    gateway_headers = {**json_headers, "Authorization": f"Bearer {raw_key}"}
     rows = []
     calibration_before = reference_loop_ms()
     round_trip_before = idle_round_trip_us()

@@ -12,7 +12,6 @@ The commits must work on the same database schema (the bench database is migrate
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -21,15 +20,15 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench_gateway import bench_tenant_key
+from bench_gateway import GatewayBench, gateway_bench
 from harness import (
     BASE_DIR,
+    LoadResult,
     base_interpreter,
     gunicorn,
     idle_round_trip_us,
     load,
     machine_line,
-    setup_django,
     time_to_first_token,
     write_section,
 )
@@ -56,26 +55,26 @@ def worktree(stack: ExitStack, root: Path, revision: str) -> Path:
     return path
 
 
-def main(variants: list[str]) -> None:
-    sys.path.insert(0, str(BASE_DIR))
-    from tests.fake_llm import FakeLLMServer
+def gateway_load(
+    variant: str, port: int, bench: GatewayBench, *, concurrency: int, seconds: float
+) -> LoadResult:
+    """Chat completions through one variant's gunicorn; every answer must be a 200."""
+    result = load(
+        port,
+        "/v1/chat/completions",
+        concurrency=concurrency,
+        seconds=seconds,
+        headers=bench.gateway_headers,
+        body=bench.body,
+    )
+    assert set(result.statuses) == {200}, (variant, result.statuses)
+    return result
 
-    upstream = FakeLLMServer("openai")
-    env = {
-        "OPENAI_BASE_URL": upstream.base_url,
-        "OPENAI_API_KEY": "bench-key",
-        "CHAT_DEFAULT_FALLBACK_CHAIN": "openai:gpt-4o-mini",
-    }
-    os.environ.update(env)
-    setup_django()
-    _, raw_key = bench_tenant_key()
-    request = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    }
-    body, stream_body = json.dumps(request).encode(), json.dumps({**request, "stream": True}).encode()
-    json_headers = {"Content-Type": "application/json"}
-    gateway_headers = {**json_headers, "Authorization": f"Bearer {raw_key}"}
+
+def main(variants: list[str]) -> None:
+    bench = gateway_bench()
+    upstream, env, body, stream_body = bench.upstream, bench.env, bench.body, bench.stream_body
+    json_headers, gateway_headers = bench.json_headers, bench.gateway_headers
     round_trip = idle_round_trip_us()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="gateway-compare-") as root:
         checkouts: dict[str, Path] = {}
@@ -102,29 +101,13 @@ def main(variants: list[str]) -> None:
             )
             latencies["direct"] += direct.latencies_ms
             for variant, port in ports.items():
-                result = load(
-                    port,
-                    "/v1/chat/completions",
-                    concurrency=1,
-                    seconds=SECONDS,
-                    headers=gateway_headers,
-                    body=body,
-                )
-                assert set(result.statuses) == {200}, (variant, result.statuses)
+                result = gateway_load(variant, port, bench, concurrency=1, seconds=SECONDS)
                 latencies[variant] += result.latencies_ms
                 rps[variant].append(result.rps)
         throughput: dict[str, list[float]] = {variant: [] for variant in variants}
         for _ in range(THROUGHPUT_ROUNDS):
             for variant, port in ports.items():
-                result = load(
-                    port,
-                    "/v1/chat/completions",
-                    concurrency=16,
-                    seconds=THROUGHPUT_SECONDS,
-                    headers=gateway_headers,
-                    body=body,
-                )
-                assert set(result.statuses) == {200}, (variant, result.statuses)
+                result = gateway_load(variant, port, bench, concurrency=16, seconds=THROUGHPUT_SECONDS)
                 throughput[variant].append(result.rps)
         ttft: dict[str, list[float]] = {name: [] for name in ["direct", *variants]}
         for _ in range(TTFT_ROUNDS):

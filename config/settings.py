@@ -143,7 +143,7 @@ if DATABASE_URL:
         database_options.get("options", "") + f" -c hnsw.ef_search={RAG_HNSW_EF_SEARCH}"
     ).strip()
     # Django's backend with a health check that costs no query when the connection is fine, and the
-    # budget statements prepared (tenants/postgres/base.py): psycopg prepares a statement on its 5th
+    # budget and trace statements prepared (tenants/postgres/base.py): psycopg prepares a statement on its 5th
     # run on a connection (Django turns that off by default). Behind PgBouncer in transaction mode
     # before 1.22, or without max_prepared_statements, set DB_PREPARED_STATEMENTS=0.
     DATABASES["default"]["ENGINE"] = "tenants.postgres"
@@ -215,7 +215,7 @@ TENANT_DEFAULT_ALLOWED_MODELS = env_list("TENANT_DEFAULT_ALLOWED_MODELS", "*")
 API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 1024 * 1024)
 
 # --- After-response bookkeeping (tenants/background.py) -------------------------------------------
-# Traces, limiter corrections and cache fills run on one background thread per process.
+# Traces and exact-cache fills run on one background thread per process.
 BACKGROUND_QUEUE_SIZE = env_int("BACKGROUND_QUEUE_SIZE", 10_000)  # beyond it, jobs are dropped (counted)
 BACKGROUND_FLUSH_SECONDS = float(env_str("BACKGROUND_FLUSH_SECONDS", "10"))  # drained for this long at exit
 # How long the thread lets jobs gather once one arrives: one batch (one trace insert) per window.

@@ -13,10 +13,11 @@ class RequestSerializer(serializers.Serializer):
     """The base of every serializer that validates a request body or query string.
 
     DRF deep-copies every declared field for each serializer instance: ~0.2 ms for a dozen fields,
-    most of what validating a chat request cost (bench/bench_gateway.py). Validating input keeps no
-    state on a field, so one set of fields, built once per class, serves every request and thread,
-    provided nothing per request is attached to the serializer: it takes `data` and nothing else
-    (no instance, context or partial validation, which fields would read through their parent).
+    most of what validating a chat request cost (a micro-benchmark: 0.3 -> 0.05 ms per request).
+    Validating input keeps no state on a field, so one set of fields, built once per class, serves
+    every request and thread, provided nothing per request is attached to the serializer: it takes
+    `data` and nothing else (no instance, context or partial validation, which fields would read
+    through their parent).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
