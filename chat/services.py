@@ -57,7 +57,7 @@ from tenants.background import background
 from tenants.caching import UNAVAILABLE_STAMP_PREFIX, StampedLocalCache
 from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
 from tenants.models import Tenant
-from tenants.ratelimits import TokenReservation, token_rate_adjust, token_rate_reserve
+from tenants.ratelimits import TokenRateReserving, TokenReservation, token_rate_adjusting
 
 T = TypeVar("T")
 
@@ -313,19 +313,23 @@ class Prepared:
     tokens: TokenReservation | None = None  # taken from this minute's tokens-per-minute allowance
 
 
-def _take_tokens(tenant: Tenant, prepared: Prepared) -> None:
-    prepared.tokens = token_rate_reserve(
-        tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens
-    )
-
-
 def _return_tokens(tenant: Tenant, prepared: Prepared | None, used: int) -> None:
     """Replaces the estimate taken before the call by what it used, at once: the next request of
     the tenant must see the real count (deferred, the estimate would refuse it, or admit too many
     when the estimate fell short)."""
-    if prepared is not None and prepared.tokens is not None:
-        token_rate_adjust(tenant=tenant, reservation=prepared.tokens, used=used)
-        prepared.tokens = None
+    with _returning_tokens(tenant, prepared, used):
+        pass
+
+
+@contextlib.contextmanager
+def _returning_tokens(tenant: Tenant, prepared: Prepared | None, used: int) -> Iterator[None]:
+    """_return_tokens while the block runs (the settlement): Redis's round trip overlaps the block's."""
+    if prepared is None or prepared.tokens is None:
+        yield
+        return
+    reservation, prepared.tokens = prepared.tokens, None
+    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=used):
+        yield
 
 
 def _guard_input(
@@ -591,16 +595,36 @@ def _provider_request(prepared: Prepared, target: Target) -> ProviderRequest:
 
 
 def _reserver(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder):  # type: ignore[no-untyped-def]
+    """Reserves a target's worst-case cost; the first reservation also takes the request's tokens
+    from this minute's allowance, its Redis round trip overlapping the budget's PostgreSQL one."""
+
     def reserve(target: Target, request: ProviderRequest) -> ReservationHandle:
         with recorder.span("reserve", provider=target.provider, model=target.model):
-            return budget_reserve(
-                tenant=tenant,
-                request_id=prepared.params.request_id,
-                provider=target.provider,
-                model=target.model,
-                prompt_tokens=prepared.estimated_tokens,
-                max_tokens=request.max_tokens,
-            )
+            taking = None
+            if prepared.tokens is None:
+                taking = TokenRateReserving(
+                    tenant=tenant, tokens=prepared.estimated_tokens + request.max_tokens
+                )
+            try:
+                handle = budget_reserve(
+                    tenant=tenant,
+                    request_id=prepared.params.request_id,
+                    provider=target.provider,
+                    model=target.model,
+                    prompt_tokens=prepared.estimated_tokens,
+                    max_tokens=request.max_tokens,
+                )
+            except BaseException:
+                if taking is not None:
+                    taking.abandon()
+                raise
+            if taking is not None:
+                try:
+                    prepared.tokens = taking.reservation()
+                except BaseException:  # over the tokens-per-minute limit: nothing stays reserved
+                    budget_release(handle=handle)
+                    raise
+            return handle
 
     return reserve
 
@@ -631,7 +655,8 @@ def _finish(
 ) -> ChatResult:
     """Settle, redact, store the turn, cache the answer."""
     params = prepared.params
-    with recorder.span("settle") as span:
+    used = usage.input_tokens + usage.cached_input_tokens + usage.output_tokens
+    with recorder.span("settle") as span, _returning_tokens(tenant, prepared, used):
         charge = budget_settle(
             handle=reservation,
             input_tokens=usage.input_tokens,
@@ -641,7 +666,6 @@ def _finish(
             **_prompt_fields(prepared),
         )
         span.update(cost_nanos=charge.cost_nanos, charged=charge.entry_id is not None)
-    _return_tokens(tenant, prepared, usage.input_tokens + usage.cached_input_tokens + usage.output_tokens)
     conversation_id = params.conversation_id
     if params.messages is None:
         conversation_id = conversation_record(
@@ -724,7 +748,6 @@ def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
         if hit is not None:
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"])
             return _serve_from_cache(tenant, prepared, hit, recorder)
-        _take_tokens(tenant, prepared)
         served: Served[Completion] = _run_chain(tenant, prepared, recorder, complete_call)
         completion = served.result
         answer = _redact_output(prepared, completion.text, recorder)
@@ -766,7 +789,6 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
             result = _serve_from_cache(tenant, prepared, hit, recorder)
             _close_trace(recorder, None)
             return iter([result.answer, result])
-        _take_tokens(tenant, prepared)
         served: Served[OpenStream] = _run_chain(tenant, prepared, recorder, stream_call_factory(recorder))
     except Exception as exc:
         _return_tokens(tenant, prepared, used=0)

@@ -7,16 +7,18 @@ API down with it; /health reports the cache as failed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.cache import cache
 from django_ratelimit.core import get_usage
 from django_redis import get_redis_connection
+from redis.exceptions import NoScriptError
 
 from tenants.errors import CACHE_ERRORS, ApiError
 from tenants.models import ApiKey, Tenant
@@ -149,47 +151,140 @@ end
 return count
 """
 
+# INCRBY of a counter that still exists (one that expired or was evicted is not brought back).
+INCR_IF_EXISTS_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+return false
+"""
+
 
 @functools.cache
-def _incr_with_expiry_script() -> Any:
-    return get_redis_connection("default").register_script(INCR_WITH_EXPIRY_LUA)
+def _script(source: str) -> Any:
+    return get_redis_connection("default").register_script(source)
 
 
-def _incr_with_expiry(counter: str, amount: int) -> int:
-    """Adds `amount` to the window's counter (django-redis stores integers as plain Redis integers)."""
-    script = _incr_with_expiry_script()
-    return int(script(keys=[cache.make_key(counter)], args=[amount, WINDOW_SECONDS + 5]))
+class _SentScript:
+    """A Lua script call written to a Redis connection, its reply read by `reply()`: whatever the
+    caller does in between (a PostgreSQL round trip) overlaps the Redis one instead of following it.
+    The connection is held until the reply is read, so `reply()` must always be called."""
+
+    def __init__(self, source: str, keys: list[str], args: list[Any]) -> None:
+        self.script = _script(source)
+        self.keys, self.args = keys, args
+        self.pool = get_redis_connection("default").connection_pool
+        self.connection = self.pool.get_connection()
+        try:
+            self.connection.send_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except BaseException:
+            self._release(broken=True)
+            raise
+
+    def _release(self, *, broken: bool) -> None:
+        if broken:
+            self.connection.disconnect()
+        self.pool.release(self.connection)
+
+    def reply(self) -> Any:
+        broken = False
+        try:
+            return self.connection.read_response()
+        except NoScriptError:  # Redis restarted or flushed its scripts: load it and run it again
+            return self.script(keys=self.keys, args=self.args)
+        except BaseException:
+            broken = True
+            raise
+        finally:
+            self._release(broken=broken)
+
+
+class TokenRateReserving:
+    """token_rate_reserve in two halves: the command goes to Redis on construction and
+    `reservation()` reads its outcome, so the caller's own round trip in between (the budget
+    reservation) overlaps it. Exactly one of `reservation()` and `abandon()` must follow."""
+
+    def __init__(self, *, tenant: Tenant, tokens: int) -> None:
+        self.tenant, self.tokens = tenant, tokens
+        window_end, self.reset = _token_window()
+        self.counter = _token_counter_key(tenant, window_end)
+        self.sent: _SentScript | None = None
+        try:
+            self.sent = _SentScript(
+                INCR_WITH_EXPIRY_LUA, [cache.make_key(self.counter)], [tokens, WINDOW_SECONDS + 5]
+            )
+        except CACHE_ERRORS:
+            logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
+
+    def _count(self) -> int | None:
+        """The window's count with these tokens in it; None when Redis failed (nothing taken)."""
+        sent, self.sent = self.sent, None
+        if sent is None:
+            return None
+        try:
+            return int(sent.reply())
+        except CACHE_ERRORS:
+            logger.exception("token limiter unavailable; admitting request for tenant %s", self.tenant.pk)
+            return None
+
+    def _give_back(self) -> None:
+        try:
+            _script(INCR_IF_EXISTS_LUA)(keys=[cache.make_key(self.counter)], args=[-self.tokens])
+        except CACHE_ERRORS:
+            logger.exception("token limiter unavailable while giving back tenant %s's tokens", self.tenant.pk)
+
+    def reservation(self) -> TokenReservation:
+        """The tokens taken, or 429 having taken nothing."""
+        limit = self.tenant.tokens_per_minute
+        count = self._count()
+        if count is not None and count > limit:
+            self._give_back()
+            raise rate_limited_error(
+                [PolicyUsage("tenant-tokens", limit, count, self.reset)],
+                "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
+                code="tokens_per_minute_exceeded",
+            )
+        return TokenReservation(
+            self.counter, self.tokens, PolicyUsage("tenant-tokens", limit, count or 0, self.reset)
+        )
+
+    def abandon(self) -> None:
+        """The caller failed meanwhile: whatever was taken goes back."""
+        if self._count() is not None:
+            self._give_back()
 
 
 def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
     """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
-    window_end, reset = _token_window()
-    counter = _token_counter_key(tenant, window_end)
-    try:
-        count = _incr_with_expiry(counter, tokens)
-        if count > tenant.tokens_per_minute:
-            cache.decr(counter, tokens)
-            usage = PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
-            raise rate_limited_error(
-                [usage],
-                "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
-                code="tokens_per_minute_exceeded",
+    return TokenRateReserving(tenant=tenant, tokens=tokens).reservation()
+
+
+@contextlib.contextmanager
+def token_rate_adjusting(*, tenant: Tenant, reservation: TokenReservation, used: int) -> Iterator[None]:
+    """After the call: replaces the estimate by the tokens really used, in the window it was taken
+    from. Sent to Redis when the block starts and confirmed when it ends (whether or not the block
+    fails), so the block's own round trip (the settlement's) runs meanwhile. Once that minute is
+    over its counter no longer matters, and the next is left alone."""
+    window_end, _ = _token_window()
+    sent = None
+    if reservation.counter == _token_counter_key(tenant, window_end):
+        try:
+            sent = _SentScript(
+                INCR_IF_EXISTS_LUA, [cache.make_key(reservation.counter)], [used - reservation.tokens]
             )
-    except CACHE_ERRORS:
-        logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
-        count = 0
-    return TokenReservation(
-        counter, tokens, PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
-    )
+        except CACHE_ERRORS:
+            logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)
+    try:
+        yield
+    finally:
+        if sent is not None:
+            try:
+                sent.reply()
+            except CACHE_ERRORS:
+                logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)
 
 
 def token_rate_adjust(*, tenant: Tenant, reservation: TokenReservation, used: int) -> None:
-    """After the call: replace the estimate by the tokens really used, in the window it was taken
-    from. Once that minute is over its counter no longer matters, and the next is left alone."""
-    window_end, _ = _token_window()
-    if reservation.counter != _token_counter_key(tenant, window_end):
-        return
-    try:
-        cache.incr(reservation.counter, used - reservation.tokens)
-    except (*CACHE_ERRORS, ValueError):
-        logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)
+    """token_rate_adjusting with nothing to overlap."""
+    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=used):
+        pass

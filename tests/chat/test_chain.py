@@ -208,6 +208,36 @@ def test_budget_exceeded_is_402_before_any_provider_call(tenant, chat_client, up
     assert Trace.objects.get().status == "refused"
 
 
+def test_a_402_gives_the_minute_s_tokens_back(tenant, chat_client, upstreams):
+    from decimal import Decimal
+
+    from billing.services import budget_update
+    from tenants.ratelimits import tokens_this_minute
+
+    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("0.00"))
+    assert ask(chat_client).status_code == 402
+    assert tokens_this_minute(tenant=tenant).count == 0
+
+
+def test_over_the_tokens_per_minute_is_429_before_any_provider_call_and_reserves_nothing(
+    tenant, chat_client, upstreams
+):
+    from tenants.ratelimits import tokens_this_minute
+
+    openai_server, _ = upstreams
+    tenant.tokens_per_minute = 10  # less than any request's estimate (its max_tokens alone)
+    tenant.save()
+    response = ask(chat_client)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "tokens_per_minute_exceeded"
+    assert int(response["Retry-After"]) >= 1
+    assert not openai_server.requests
+    assert tokens_this_minute(tenant=tenant).count == 0
+    assert not Reservation.objects.exists()
+    period = BudgetPeriod.objects.get(tenant=tenant)
+    assert (period.reserved_nanos, period.tokens_reserved) == (0, 0)
+
+
 @pytest.mark.parametrize("behaviour", ["cut:3", "no_usage"])
 def test_streams_are_charged_once_even_when_cut_or_without_usage(tenant, chat_client, upstreams, behaviour):
     openai_server, _ = upstreams

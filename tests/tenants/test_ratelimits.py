@@ -15,6 +15,7 @@ from tenants.ratelimits import (
     TokenReservation,
     request_usages,
     token_rate_adjust,
+    token_rate_adjusting,
     token_rate_reserve,
     tokens_this_minute,
 )
@@ -138,6 +139,41 @@ def test_token_adjustment_never_touches_a_later_window(tenant):
     stale = TokenReservation(f"ratelimit:tpm:{tenant.pk}:0", 600, reservation.usage)  # a minute long gone
     token_rate_adjust(tenant=tenant, reservation=stale, used=10)
     assert tokens_this_minute(tenant=tenant).count == 600
+
+
+def test_token_adjustment_applies_even_when_the_overlapped_block_fails(tenant):
+    tenant.tokens_per_minute = 1000
+    reservation = token_rate_reserve(tenant=tenant, tokens=600)
+    with pytest.raises(RuntimeError), token_rate_adjusting(tenant=tenant, reservation=reservation, used=250):
+        raise RuntimeError("the settlement failed")
+    assert tokens_this_minute(tenant=tenant).count == 250
+
+
+def test_token_adjustment_does_not_bring_back_a_vanished_counter(tenant):
+    from django.core.cache import cache
+
+    reservation = token_rate_reserve(tenant=tenant, tokens=600)
+    cache.delete(reservation.counter)  # evicted, say
+    token_rate_adjust(tenant=tenant, reservation=reservation, used=10)
+    assert cache.get(reservation.counter) is None
+
+
+def test_token_adjustment_survives_redis_forgetting_its_scripts(tenant):
+    from django_redis import get_redis_connection
+
+    reservation = token_rate_reserve(tenant=tenant, tokens=600)
+    get_redis_connection("default").script_flush()
+    token_rate_adjust(tenant=tenant, reservation=reservation, used=100)
+    assert tokens_this_minute(tenant=tenant).count == 100
+
+
+def test_token_adjustment_without_redis_still_runs_the_block(tenant, settings):
+    reservation = token_rate_reserve(tenant=tenant, tokens=600)
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    ran = []
+    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=100):
+        ran.append(True)
+    assert ran == [True]
 
 
 def test_concurrent_token_reservations_never_exceed_the_limit(tenant):
