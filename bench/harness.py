@@ -68,6 +68,7 @@ def gunicorn(extra_env: dict[str, str] | None = None, checkout: Path = BASE_DIR)
         cwd=checkout,
         env=env,
     )
+    _servers[port] = process.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -80,8 +81,37 @@ def gunicorn(extra_env: dict[str, str] | None = None, checkout: Path = BASE_DIR)
                 time.sleep(0.1)
         yield port
     finally:
+        _servers.pop(port, None)
         process.terminate()
         process.wait(30)
+
+
+_servers: dict[int, int] = {}  # port -> pid of the gunicorn master serving it
+
+
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    """(parent pid, user + system clock ticks) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def server_cpu_seconds(port: int) -> float:
+    """CPU seconds used so far by the gunicorn serving `port`: its master and its live workers.
+
+    Unlike latency, this hardly depends on how fast this VM wakes a waiting process, so it tells
+    small changes apart where latency cannot; compare it across a run, with workers that stay up."""
+    master = _servers[port]
+    ticks = _cpu_ticks(master)[1]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != master:
+            try:
+                parent, used = _cpu_ticks(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if parent == master:
+                ticks += used
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
