@@ -57,7 +57,7 @@ from tenants.background import background
 from tenants.caching import UNAVAILABLE_STAMP_PREFIX, StampedLocalCache
 from tenants.errors import CACHE_ERRORS, ApiError, DomainError, NotFoundError
 from tenants.models import Tenant
-from tenants.ratelimits import TokenRateReserving, TokenReservation, token_rate_adjusting
+from tenants.ratelimits import TokenReservation, token_rate_adjusting, token_rate_reserve
 
 T = TypeVar("T")
 
@@ -311,6 +311,12 @@ class Prepared:
     citations: list[dict[str, Any]] = field(default_factory=list)
     semantic_key: SemanticKey | None = None  # set when the semantic cache applies to this request
     tokens: TokenReservation | None = None  # taken from this minute's tokens-per-minute allowance
+
+
+def _take_tokens(tenant: Tenant, prepared: Prepared) -> None:
+    prepared.tokens = token_rate_reserve(
+        tenant=tenant, tokens=prepared.estimated_tokens + prepared.max_tokens
+    )
 
 
 def _return_tokens(tenant: Tenant, prepared: Prepared | None, used: int) -> None:
@@ -595,36 +601,16 @@ def _provider_request(prepared: Prepared, target: Target) -> ProviderRequest:
 
 
 def _reserver(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder):  # type: ignore[no-untyped-def]
-    """Reserves a target's worst-case cost; the first reservation also takes the request's tokens
-    from this minute's allowance, its Redis round trip overlapping the budget's PostgreSQL one."""
-
     def reserve(target: Target, request: ProviderRequest) -> ReservationHandle:
         with recorder.span("reserve", provider=target.provider, model=target.model):
-            taking = None
-            if prepared.tokens is None:
-                taking = TokenRateReserving(
-                    tenant=tenant, tokens=prepared.estimated_tokens + request.max_tokens
-                )
-            try:
-                handle = budget_reserve(
-                    tenant=tenant,
-                    request_id=prepared.params.request_id,
-                    provider=target.provider,
-                    model=target.model,
-                    prompt_tokens=prepared.estimated_tokens,
-                    max_tokens=request.max_tokens,
-                )
-            except BaseException:
-                if taking is not None:
-                    taking.abandon()
-                raise
-            if taking is not None:
-                try:
-                    prepared.tokens = taking.reservation()
-                except BaseException:  # over the tokens-per-minute limit: nothing stays reserved
-                    budget_release(handle=handle)
-                    raise
-            return handle
+            return budget_reserve(
+                tenant=tenant,
+                request_id=prepared.params.request_id,
+                provider=target.provider,
+                model=target.model,
+                prompt_tokens=prepared.estimated_tokens,
+                max_tokens=request.max_tokens,
+            )
 
     return reserve
 
@@ -748,6 +734,7 @@ def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
         if hit is not None:
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"])
             return _serve_from_cache(tenant, prepared, hit, recorder)
+        _take_tokens(tenant, prepared)
         served: Served[Completion] = _run_chain(tenant, prepared, recorder, complete_call)
         completion = served.result
         answer = _redact_output(prepared, completion.text, recorder)
@@ -789,6 +776,7 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
             result = _serve_from_cache(tenant, prepared, hit, recorder)
             _close_trace(recorder, None)
             return iter([result.answer, result])
+        _take_tokens(tenant, prepared)
         served: Served[OpenStream] = _run_chain(tenant, prepared, recorder, stream_call_factory(recorder))
     except Exception as exc:
         _return_tokens(tenant, prepared, used=0)

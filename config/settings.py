@@ -207,9 +207,6 @@ API_KEY_PREFIX = "tk"
 API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60))
 API_KEY_ROTATION_GRACE = timedelta(seconds=env_int("API_KEY_ROTATION_GRACE_SECONDS", 24 * 3600))
 API_KEY_ROTATION_MAX_GRACE = timedelta(days=30)
-# How long a process reuses a key (and its tenant) it read, without asking Redis: a revocation or a
-# disabled tenant takes effect in the other processes within this time (tenants/selectors.py). 0: off.
-API_KEY_LOCAL_CACHE_SECONDS = float(env_str("API_KEY_LOCAL_CACHE_SECONDS", "1"))
 TENANT_DEFAULT_REQUESTS_PER_MINUTE = env_int("TENANT_DEFAULT_REQUESTS_PER_MINUTE", 600)
 TENANT_DEFAULT_TOKENS_PER_MINUTE = env_int("TENANT_DEFAULT_TOKENS_PER_MINUTE", 200_000)
 TENANT_DEFAULT_MONTHLY_TOKEN_QUOTA = env_int("TENANT_DEFAULT_MONTHLY_TOKEN_QUOTA", 50_000_000)

@@ -199,64 +199,27 @@ class _SentScript:
             self._release(broken=broken)
 
 
-class TokenRateReserving:
-    """token_rate_reserve in two halves: the command goes to Redis on construction and
-    `reservation()` reads its outcome, so the caller's own round trip in between (the budget
-    reservation) overlaps it. Exactly one of `reservation()` and `abandon()` must follow."""
-
-    def __init__(self, *, tenant: Tenant, tokens: int) -> None:
-        self.tenant, self.tokens = tenant, tokens
-        window_end, self.reset = _token_window()
-        self.counter = _token_counter_key(tenant, window_end)
-        self.sent: _SentScript | None = None
-        try:
-            self.sent = _SentScript(
-                INCR_WITH_EXPIRY_LUA, [cache.make_key(self.counter)], [tokens, WINDOW_SECONDS + 5]
-            )
-        except CACHE_ERRORS:
-            logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
-
-    def _count(self) -> int | None:
-        """The window's count with these tokens in it; None when Redis failed (nothing taken)."""
-        sent, self.sent = self.sent, None
-        if sent is None:
-            return None
-        try:
-            return int(sent.reply())
-        except CACHE_ERRORS:
-            logger.exception("token limiter unavailable; admitting request for tenant %s", self.tenant.pk)
-            return None
-
-    def _give_back(self) -> None:
-        try:
-            _script(INCR_IF_EXISTS_LUA)(keys=[cache.make_key(self.counter)], args=[-self.tokens])
-        except CACHE_ERRORS:
-            logger.exception("token limiter unavailable while giving back tenant %s's tokens", self.tenant.pk)
-
-    def reservation(self) -> TokenReservation:
-        """The tokens taken, or 429 having taken nothing."""
-        limit = self.tenant.tokens_per_minute
-        count = self._count()
-        if count is not None and count > limit:
-            self._give_back()
+def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
+    """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
+    window_end, reset = _token_window()
+    counter = _token_counter_key(tenant, window_end)
+    redis_key = cache.make_key(counter)
+    try:
+        count = int(_script(INCR_WITH_EXPIRY_LUA)(keys=[redis_key], args=[tokens, WINDOW_SECONDS + 5]))
+        if count > tenant.tokens_per_minute:
+            _script(INCR_IF_EXISTS_LUA)(keys=[redis_key], args=[-tokens])
+            usage = PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
             raise rate_limited_error(
-                [PolicyUsage("tenant-tokens", limit, count, self.reset)],
+                [usage],
                 "Rate limit exceeded: too many tokens per minute. Retry after the Retry-After delay.",
                 code="tokens_per_minute_exceeded",
             )
-        return TokenReservation(
-            self.counter, self.tokens, PolicyUsage("tenant-tokens", limit, count or 0, self.reset)
-        )
-
-    def abandon(self) -> None:
-        """The caller failed meanwhile: whatever was taken goes back."""
-        if self._count() is not None:
-            self._give_back()
-
-
-def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
-    """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
-    return TokenRateReserving(tenant=tenant, tokens=tokens).reservation()
+    except CACHE_ERRORS:
+        logger.exception("token limiter unavailable; admitting request for tenant %s", tenant.pk)
+        count = 0
+    return TokenReservation(
+        counter, tokens, PolicyUsage("tenant-tokens", tenant.tokens_per_minute, count, reset)
+    )
 
 
 @contextlib.contextmanager

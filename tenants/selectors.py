@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import QuerySet
@@ -21,24 +17,9 @@ from tenants.ratelimits import PolicyUsage, tokens_this_minute
 logger = logging.getLogger(__name__)
 
 # Authentication reads the key and its tenant from Redis instead of compiling and running a query
-# on every request. Every save of an ApiKey or Tenant drops the entries (tenants/signals.py); the
-# TTL bounds staleness from bulk .update() calls.
+# on every request. Every save of an ApiKey or Tenant drops the entries (tenants/signals.py), so
+# revocations and quota edits apply at once; the TTL bounds staleness from bulk .update() calls.
 API_KEY_CACHE_TTL_SECONDS = 60
-# Each process also keeps what it read for API_KEY_LOCAL_CACHE_SECONDS, which saves a Redis round
-# trip on every request of a busy key. A save drops this process's copy at once; other processes
-# keep theirs until it ages out, so a revocation or a disabled tenant takes effect everywhere within
-# that time. Bounded: the process forgets every copy when it holds API_KEY_LOCAL_CACHE_MAX_KEYS.
-API_KEY_LOCAL_CACHE_MAX_KEYS = 10_000
-
-
-@dataclass(frozen=True)
-class _LocalCopy:
-    record: bytes  # the pickled key and tenant: each request unpickles its own objects
-    read_at: float
-
-
-# public_id -> copy. Gunicorn threads share it; single dict operations are atomic.
-_local_copies: dict[str, _LocalCopy] = {}
 
 
 def _api_key_cache_key(public_id: str) -> str:
@@ -46,22 +27,7 @@ def _api_key_cache_key(public_id: str) -> str:
 
 
 def api_key_lookup(*, public_id: str) -> ApiKey | None:
-    """The key with its tenant loaded, from this process's copy, the cache or the database, in that
-    order. Not filtered by usability."""
-    copy = _local_copies.get(public_id)
-    if copy is not None and time.monotonic() - copy.read_at < settings.API_KEY_LOCAL_CACHE_SECONDS:
-        api_key: ApiKey = pickle.loads(copy.record)  # noqa: S301 (written by this process)
-        return api_key
-    read_at = time.monotonic()
-    found = _api_key_shared_lookup(public_id)
-    if found is not None and settings.API_KEY_LOCAL_CACHE_SECONDS > 0:
-        if len(_local_copies) >= API_KEY_LOCAL_CACHE_MAX_KEYS:
-            _local_copies.clear()
-        _local_copies[public_id] = _LocalCopy(pickle.dumps(found, pickle.HIGHEST_PROTOCOL), read_at)
-    return found
-
-
-def _api_key_shared_lookup(public_id: str) -> ApiKey | None:
+    """The key with its tenant loaded, from the cache when possible. Not filtered by usability."""
     cache_key = _api_key_cache_key(public_id)
     try:
         api_key = cache.get(cache_key)
@@ -77,21 +43,13 @@ def _api_key_shared_lookup(public_id: str) -> ApiKey | None:
     return api_key
 
 
-def api_key_local_copies_forget() -> None:
-    """Drops every key this process holds (the tests: each starts without readings of Redis)."""
-    _local_copies.clear()
-
-
 def api_key_cache_invalidate(*, public_ids: Iterable[str]) -> None:
     """Drops cached keys now and again after commit, so a concurrent read cannot re-cache old rows."""
-    public_ids = list(public_ids)
     cache_keys = [_api_key_cache_key(public_id) for public_id in public_ids]
     if not cache_keys:
         return
 
     def drop() -> None:
-        for public_id in public_ids:
-            _local_copies.pop(public_id, None)
         try:
             cache.delete_many(cache_keys)
         except CACHE_ERRORS:

@@ -22,7 +22,6 @@ from rest_framework.test import APIClient
 
 from chat.circuit import circuit_readings_forget
 from tenants.models import ApiKey, Scope, Tenant
-from tenants.selectors import api_key_local_copies_forget
 from tenants.services import api_key_create, tenant_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -34,7 +33,6 @@ def _clean_redis() -> None:
     without readings of it kept in this process."""
     cache.clear()
     circuit_readings_forget()
-    api_key_local_copies_forget()
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tenants import selectors
 from tenants.errors import ConflictError, DomainError
 from tenants.models import ApiKey, AuditEvent, Scope
-from tenants.selectors import api_key_lookup
 from tenants.services import (
     api_key_authenticate,
     api_key_create,
@@ -182,54 +180,6 @@ def test_tenant_edits_drop_its_cached_keys(tenant):
     cached = api_key_authenticate(raw_key=raw_key)
     assert cached.tenant.requests_per_minute == 7
     assert cached.tenant.is_active is False
-
-
-def _another_process_revokes(api_key: ApiKey) -> None:
-    """What a revocation in another worker does to the shared state: the row, and Redis's copy."""
-    ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=timezone.now())
-    cache.delete(f"apikey:{api_key.public_id}")
-
-
-def test_a_revocation_elsewhere_applies_here_once_the_local_copy_ages_out(tenant, settings, monkeypatch):
-    settings.API_KEY_LOCAL_CACHE_SECONDS = 1
-    api_key, raw_key = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test")
-    now = [1000.0]
-    monkeypatch.setattr(selectors.time, "monotonic", lambda: now[0])
-    assert api_key_authenticate(raw_key=raw_key) is not None
-    _another_process_revokes(api_key)
-    now[0] += 0.5
-    with CaptureQueriesContext(connection) as queries:
-        assert api_key_authenticate(raw_key=raw_key) is not None  # this process's copy, still fresh
-    assert queries.captured_queries == []
-    now[0] += 0.6
-    assert api_key_authenticate(raw_key=raw_key) is None
-
-
-def test_without_local_copies_a_revocation_elsewhere_applies_at_once(tenant, settings):
-    settings.API_KEY_LOCAL_CACHE_SECONDS = 0
-    api_key, raw_key = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test")
-    assert api_key_authenticate(raw_key=raw_key) is not None
-    _another_process_revokes(api_key)
-    assert api_key_authenticate(raw_key=raw_key) is None
-
-
-def test_each_lookup_gets_its_own_objects(tenant):
-    api_key, _ = api_key_create(tenant=tenant, name="ci", scopes=[Scope.CHAT], actor="test")
-    first = api_key_lookup(public_id=api_key.public_id)
-    first.tenant.requests_per_minute = 1  # a request changing its objects changes no other request's
-    second = api_key_lookup(public_id=api_key.public_id)
-    assert second is not first
-    assert second.tenant.requests_per_minute == tenant.requests_per_minute
-
-
-def test_local_copies_are_bounded(tenant, monkeypatch):
-    monkeypatch.setattr(selectors, "API_KEY_LOCAL_CACHE_MAX_KEYS", 2)
-    keys = [
-        api_key_create(tenant=tenant, name=f"k{i}", scopes=[Scope.CHAT], actor="test")[0] for i in range(3)
-    ]
-    for api_key in keys:
-        assert api_key_lookup(public_id=api_key.public_id) == api_key
-    assert set(selectors._local_copies) == {keys[2].public_id}
 
 
 def test_authentication_works_without_redis(tenant, settings):
