@@ -22,6 +22,7 @@ from django.conf import settings
 
 from chat.embeddings import words
 from chat.tokens import estimate_message_tokens, estimate_tokens
+from chat.transport import StdlibTransport
 
 logger = logging.getLogger(__name__)
 
@@ -154,19 +155,34 @@ def _stream_timeout() -> openai.Timeout:
 # One client (and connection pool) per configuration, shared by the process's threads. Both SDKs
 # take the same Timeout type (their HTTP client's), so connect and total are set apart.
 @functools.lru_cache(maxsize=8)
-def _openai_client(api_key: str, base_url: str | None, total: float, connect: float) -> openai.OpenAI:
+def _openai_client(
+    api_key: str, base_url: str | None, total: float, connect: float, transport: str
+) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key=api_key, base_url=base_url, max_retries=0, timeout=openai.Timeout(total, connect=connect)
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=openai.Timeout(total, connect=connect),
+        http_client=openai.DefaultHttpxClient(transport=_http_transport(transport)),
     )
 
 
 @functools.lru_cache(maxsize=8)
 def _anthropic_client(
-    api_key: str, base_url: str | None, total: float, connect: float
+    api_key: str, base_url: str | None, total: float, connect: float, transport: str
 ) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        api_key=api_key, base_url=base_url, max_retries=0, timeout=anthropic.Timeout(total, connect=connect)
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=anthropic.Timeout(total, connect=connect),
+        http_client=anthropic.DefaultHttpxClient(transport=_http_transport(transport)),
     )
+
+
+def _http_transport(name: str) -> httpx2.BaseTransport | None:
+    """PROVIDER_HTTP_TRANSPORT: `stdlib` (chat/transport.py) or `httpx`, the SDKs' own default."""
+    return StdlibTransport() if name == "stdlib" else None
 
 
 class ReusableStream(openai.Stream[object]):
@@ -204,6 +220,7 @@ class OpenAIProvider:
             settings.OPENAI_BASE_URL,
             settings.CHAT_REQUEST_TIMEOUT_SECONDS,
             settings.CHAT_CONNECT_TIMEOUT_SECONDS,
+            settings.PROVIDER_HTTP_TRANSPORT,
         )
 
     def _params(self, request: ProviderRequest) -> dict[str, Any]:
@@ -281,6 +298,7 @@ class AnthropicProvider:
             settings.ANTHROPIC_BASE_URL,
             settings.CHAT_REQUEST_TIMEOUT_SECONDS,
             settings.CHAT_CONNECT_TIMEOUT_SECONDS,
+            settings.PROVIDER_HTTP_TRANSPORT,
         )
 
     @staticmethod

@@ -241,6 +241,11 @@ ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL") or None
 # provider:model entries; empty: the configured providers' small models, then local:local.
 CHAT_DEFAULT_FALLBACK_CHAIN = env_list("CHAT_DEFAULT_FALLBACK_CHAIN")
+# The HTTP transport under both SDKs: `stdlib` (chat/transport.py: http.client, less CPU per call) or
+# `httpx`, the SDKs' own default (httpcore2).
+PROVIDER_HTTP_TRANSPORT = env_str("PROVIDER_HTTP_TRANSPORT", "stdlib")
+if PROVIDER_HTTP_TRANSPORT not in ("stdlib", "httpx"):
+    raise ImproperlyConfigured("PROVIDER_HTTP_TRANSPORT must be 'stdlib' or 'httpx'")
 CHAT_CONNECT_TIMEOUT_SECONDS = float(env_str("CHAT_CONNECT_TIMEOUT_SECONDS", "5"))
 CHAT_REQUEST_TIMEOUT_SECONDS = float(env_str("CHAT_REQUEST_TIMEOUT_SECONDS", "60"))
 CHAT_FIRST_TOKEN_TIMEOUT_SECONDS = float(env_str("CHAT_FIRST_TOKEN_TIMEOUT_SECONDS", "20"))

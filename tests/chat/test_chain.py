@@ -291,6 +291,18 @@ def test_streams_reuse_the_connection_to_the_provider(tenant, chat_client, upstr
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("transport", ["stdlib", "httpx"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_both_http_transports_carry_both_sdks(tenant, chat_client, upstreams, settings, provider, transport):
+    settings.PROVIDER_HTTP_TRANSPORT = transport
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = [f"{provider}:{model}"]
+    assert ask(chat_client).json()["provider"] == provider
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    assert (events[-1][0], events[-1][1]["provider"]) == ("done", provider)
+    assert UsageEntry.objects.filter(tenant=tenant).count() == 2
+
+
 def test_a_connection_dropped_after_done_leaves_the_stream_complete(tenant, chat_client, upstreams):
     openai_server, _ = upstreams
     openai_server.then("reset_after_done")

@@ -1,0 +1,192 @@
+"""The HTTP transport under the provider SDKs' clients: httpx2's transport interface on the standard
+library's http.client.
+
+Both SDKs send every call through an httpx2 client. Its default transport (httpcore2 over h11)
+spends more CPU per call than the call's own work on a gateway that waits on a local model, and at
+concurrency 1 the gateway's latency is mostly its CPU (bench/bench_gateway_compare.py). Everything
+above the transport stays the SDKs' and httpx2's own: building requests, auth, timeouts, proxies
+from the environment (httpx2 mounts its own transports for those), errors and streaming.
+
+HTTP/1.1 only, one request per connection at a time, idle connections kept per origin and
+dropped when the server has closed them. Timeouts come from the request, as httpx2 sets them:
+`connect` for the TCP and TLS handshake, `write` for sending, `read` for each wait for bytes.
+Failures surface as httpx2's exceptions, which the SDKs turn into their connection and timeout
+errors.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+
+Origin = tuple[str, str, int]
+
+READ_CHUNK_BYTES = 64 * 1024
+
+
+def _timeouts(request: httpx2.Request) -> tuple[float | None, float | None, float | None]:
+    timeout: dict[str, float | None] = request.extensions.get("timeout", {})
+    return timeout.get("connect"), timeout.get("write"), timeout.get("read")
+
+
+def _is_dropped(connection: http.client.HTTPConnection) -> bool:
+    """An idle connection that is readable has been closed by the server (or sent something it
+    should not have): either way it cannot carry another request."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class _ResponseStream(httpx2.SyncByteStream):
+    def __init__(
+        self,
+        transport: StdlibTransport,
+        origin: Origin,
+        connection: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+    ) -> None:
+        self.transport, self.origin = transport, origin
+        self.connection, self.response = connection, response
+        self.failed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while chunk := self.response.read1(READ_CHUNK_BYTES):
+                yield chunk
+            if self.response.length:  # http.client ends a Content-Length body at EOF without a word
+                raise http.client.IncompleteRead(b"", self.response.length)
+        except BaseException as exc:
+            self.failed = True
+            if isinstance(exc, TimeoutError):
+                raise httpx2.ReadTimeout(str(exc) or "timed out reading the response") from exc
+            if isinstance(exc, http.client.IncompleteRead):
+                raise httpx2.RemoteProtocolError("the server closed the connection mid-response") from exc
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise httpx2.ReadError(str(exc) or type(exc).__name__) from exc
+            raise
+
+    def close(self) -> None:
+        # Read to its end without a failure and not marked for closing: the connection can carry the
+        # next request. (http.client drops its file at the end of a chunked body; a Content-Length
+        # body is at its end when none of it is left.)
+        finished = self.response.isclosed() or self.response.length == 0
+        reusable = not self.failed and finished and not self.response.will_close
+        self.response.close()
+        self.transport.release(self.origin, self.connection, reusable=reusable)
+
+
+class StdlibTransport(httpx2.BaseTransport):
+    def __init__(self, *, max_idle_per_origin: int = 32, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.max_idle_per_origin = max_idle_per_origin
+        self.ssl_context = ssl_context or httpx2.create_ssl_context()
+        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _checkout(self, origin: Origin) -> http.client.HTTPConnection | None:
+        """An idle connection to `origin` the server has not closed, or None."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(origin)
+                connection = idle.pop() if idle else None
+            if connection is None or not _is_dropped(connection):
+                return connection
+            connection.close()
+
+    def _connect(self, origin: Origin, timeout: float | None) -> http.client.HTTPConnection:
+        scheme, host, port = origin
+        connection: http.client.HTTPConnection
+        if scheme == "https":
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl_context)
+        elif scheme == "http":
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        else:
+            raise httpx2.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
+        try:
+            connection.connect()
+        except TimeoutError as exc:
+            connection.close()
+            raise httpx2.ConnectTimeout(str(exc) or "timed out connecting") from exc
+        except OSError as exc:
+            connection.close()
+            raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def release(self, origin: Origin, connection: http.client.HTTPConnection, *, reusable: bool) -> None:
+        if reusable:
+            with self._lock:
+                idle = self._idle.setdefault(origin, [])
+                if not self._closed and len(idle) < self.max_idle_per_origin:
+                    idle.append(connection)
+                    return
+        connection.close()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        origin: Origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        connect_timeout, write_timeout, read_timeout = _timeouts(request)
+        connection = self._checkout(origin) or self._connect(origin, connect_timeout)
+        try:
+            response = self._exchange(connection, request, write_timeout, read_timeout)
+        except BaseException:
+            connection.close()
+            raise
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.getheaders()]
+        return httpx2.Response(
+            response.status,
+            headers=headers,
+            stream=_ResponseStream(self, origin, connection, response),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.encode("latin-1")},
+        )
+
+    @staticmethod
+    def _exchange(
+        connection: http.client.HTTPConnection,
+        request: httpx2.Request,
+        write_timeout: float | None,
+        read_timeout: float | None,
+    ) -> http.client.HTTPResponse:
+        sock: Any = connection.sock
+        target = request.url.raw_path.decode("ascii")
+        chunked = request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        try:
+            sock.settimeout(write_timeout)
+            connection.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
+            for name, value in request.headers.raw:  # httpx2's own, Host and Content-Length included
+                connection.putheader(name, value)
+            body: Any = request.stream if chunked else request.read() or None
+            connection.endheaders(body, encode_chunked=chunked)
+        except TimeoutError as exc:
+            raise httpx2.WriteTimeout(str(exc) or "timed out sending the request") from exc
+        except OSError as exc:
+            raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
+        try:
+            sock.settimeout(read_timeout)
+            return connection.getresponse()
+        except TimeoutError as exc:
+            raise httpx2.ReadTimeout(str(exc) or "timed out waiting for the response") from exc
+        except http.client.RemoteDisconnected as exc:
+            raise httpx2.RemoteProtocolError("Server disconnected without sending a response.") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise httpx2.ReadError(str(exc) or type(exc).__name__) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections = [connection for idle in self._idle.values() for connection in idle]
+            self._idle.clear()
+        for connection in connections:
+            connection.close()
