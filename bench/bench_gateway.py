@@ -24,6 +24,7 @@ from harness import (
     load,
     machine_line,
     reference_loop_ms,
+    server_cpu_seconds,
     setup_django,
     time_to_first_token,
     write_section,
@@ -166,6 +167,7 @@ def main() -> None:
         for concurrency in (1, 16):
             cell_started = timezone.now()
             directs, throughs = [], []
+            cpu_seconds = 0.0
             for _ in range(ROUNDS):
                 directs.append(
                     load(
@@ -177,6 +179,7 @@ def main() -> None:
                         body=body,
                     )
                 )
+                cpu_before = server_cpu_seconds(port)
                 throughs.append(
                     load(
                         port,
@@ -187,9 +190,10 @@ def main() -> None:
                         body=body,
                     )
                 )
+                cpu_seconds += server_cpu_seconds(port) - cpu_before
             direct, through = LoadResult.merged(directs), LoadResult.merged(throughs)
             assert set(through.statuses) == {200}, through.statuses
-            rows.append((concurrency, direct, through))
+            rows.append((concurrency, direct, through, cpu_seconds * 1000 / through.requests))
             if concurrency == 1:
                 inside = spans_p50(tenant, cell_started)
         direct_ttft = time_to_first_token(
@@ -252,13 +256,17 @@ def main() -> None:
         "by both: this VM's round trips vary by 2x from hour to hour.",
         "",
         "| concurrency | upstream direct p50 / p99 ms | through gateway p50 / p99 ms | overhead p50 / p99 ms "
-        "| gateway req/s |",
-        "|---|---|---|---|---|",
+        "| gateway req/s | gateway CPU ms per request |",
+        "|---|---|---|---|---|---|",
         *[
             f"| {c} | {d.p50:.2f} / {d.p99:.2f} | {g.p50:.2f} / {g.p99:.2f} "
-            f"| {g.p50 - d.p50:.2f} / {g.p99 - d.p99:.2f} | {g.rps:.0f} |"
-            for c, d, g in rows
+            f"| {g.p50 - d.p50:.2f} / {g.p99 - d.p99:.2f} | {g.rps:.0f} | {cpu:.2f} |"
+            for c, d, g, cpu in rows
         ],
+        "",
+        "Gateway CPU is what gunicorn's processes used per request (`harness.server_cpu_seconds`), its "
+        "background thread's trace writes included. At concurrency 1 it is most of the overhead: the "
+        "gateway's latency there is its own CPU more than its waits on Redis and PostgreSQL.",
         "",
         f"Database statements per chat request (steady state): **{statements}** on the request's thread "
         f"(reserve, settle; {transactions} explicit transactions: each statement commits on its own), "
