@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -163,7 +164,7 @@ def _openai_client(
         base_url=base_url,
         max_retries=0,
         timeout=openai.Timeout(total, connect=connect),
-        http_client=openai.DefaultHttpxClient(transport=_http_transport(transport)),
+        http_client=_http_client(openai.DefaultHttpxClient, transport),
     )
 
 
@@ -176,13 +177,18 @@ def _anthropic_client(
         base_url=base_url,
         max_retries=0,
         timeout=anthropic.Timeout(total, connect=connect),
-        http_client=anthropic.DefaultHttpxClient(transport=_http_transport(transport)),
+        http_client=_http_client(anthropic.DefaultHttpxClient, transport),
     )
 
 
-def _http_transport(name: str) -> httpx2.BaseTransport | None:
-    """PROVIDER_HTTP_TRANSPORT: `stdlib` (chat/transport.py) or `httpx`, the SDKs' own default."""
-    return StdlibTransport() if name == "stdlib" else None
+def _http_client(default_client: type[httpx2.Client], transport: str) -> httpx2.Client | None:
+    """The SDK's own client on chat/transport.py for PROVIDER_HTTP_TRANSPORT=stdlib; None (the
+    SDK's default client, untouched) for `httpx`, or when the environment names a proxy: httpx2
+    reads proxies from the environment only for its own transport."""
+    proxies = {scheme for scheme in urllib.request.getproxies() if scheme != "no"}
+    if transport != "stdlib" or proxies:
+        return None
+    return default_client(transport=StdlibTransport())
 
 
 class ReusableStream(openai.Stream[object]):

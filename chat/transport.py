@@ -7,11 +7,13 @@ concurrency 1 the gateway's latency is mostly its CPU (bench/bench_gateway_compa
 above the transport stays the SDKs' and httpx2's own: building requests, auth, timeouts, proxies
 from the environment (httpx2 mounts its own transports for those), errors and streaming.
 
-HTTP/1.1 only, one request per connection at a time, idle connections kept per origin and
-dropped when the server has closed them. Timeouts come from the request, as httpx2 sets them:
-`connect` for the TCP and TLS handshake, `write` for sending, `read` for each wait for bytes.
-Failures surface as httpx2's exceptions, which the SDKs turn into their connection and timeout
-errors.
+HTTP/1.1 only, one request per connection at a time, idle connections kept per origin for
+KEEPALIVE_EXPIRY_SECONDS (httpx2's default) and dropped sooner when the server has closed them.
+Timeouts come from the request, as httpx2 sets them: `connect` for the TCP and TLS handshake,
+`write` for sending, `read` for each wait for bytes. Failures surface as httpx2's exceptions, which
+the SDKs turn into their connection and timeout errors. Proxies are not handled here: httpx2 reads
+them from the environment only for its own transport, so chat/providers.py uses that one when the
+environment names a proxy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +32,7 @@ import httpx2
 Origin = tuple[str, str, int]
 
 READ_CHUNK_BYTES = 64 * 1024
+KEEPALIVE_EXPIRY_SECONDS = 5.0  # a NAT or load balancer may forget an idle flow without a word
 
 
 def _timeouts(request: httpx2.Request) -> tuple[float | None, float | None, float | None]:
@@ -42,11 +46,34 @@ def _is_dropped(connection: http.client.HTTPConnection) -> bool:
     sock = connection.sock
     if sock is None:
         return True
+    poller = select.poll()  # not select(): it fails for file descriptors past 1024
+    poller.register(sock, select.POLLIN)
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
+        return bool(poller.poll(0))
+    except OSError:
         return True
-    return bool(readable)
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """http.client skips a `100 Continue` before the response; this skips every interim (1xx)
+    response, as httpcore2 does. Otherwise a `103 Early Hints` would pass for the answer and the
+    real one would be read by the next request on the connection."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200:
+                return version, status, reason
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]  # the interim's headers
+
+
+def _keep_alive_probes(sock: socket.socket) -> None:
+    """TCP keep-alive probes after a minute of silence, as the anthropic SDK sets on its own
+    transport: a long stream whose peer vanished is noticed instead of waited on."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 60), ("TCP_KEEPCNT", 5)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class _ResponseStream(httpx2.SyncByteStream):
@@ -60,6 +87,7 @@ class _ResponseStream(httpx2.SyncByteStream):
         self.transport, self.origin = transport, origin
         self.connection, self.response = connection, response
         self.failed = False
+        self.closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -78,6 +106,9 @@ class _ResponseStream(httpx2.SyncByteStream):
             raise
 
     def close(self) -> None:
+        if self.closed:  # the connection must go back once, or two requests would share it
+            return
+        self.closed = True
         # Read to its end without a failure and not marked for closing: the connection can carry the
         # next request. (http.client drops its file at the end of a chunked body; a Content-Length
         # body is at its end when none of it is left.)
@@ -91,19 +122,26 @@ class StdlibTransport(httpx2.BaseTransport):
     def __init__(self, *, max_idle_per_origin: int = 32, ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_idle_per_origin = max_idle_per_origin
         self.ssl_context = ssl_context or httpx2.create_ssl_context()
-        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[Origin, list[tuple[float, http.client.HTTPConnection]]] = {}  # oldest first
         self._lock = threading.Lock()
         self._closed = False
 
     def _checkout(self, origin: Origin) -> http.client.HTTPConnection | None:
-        """An idle connection to `origin` the server has not closed, or None."""
+        """The most recently used idle connection to `origin` that has neither expired nor been
+        closed by the server, or None. Expired ones are closed on the way."""
+        expired_before = time.monotonic() - KEEPALIVE_EXPIRY_SECONDS
+        with self._lock:
+            idle = self._idle.get(origin, [])
+            expired = [connection for idle_since, connection in idle if idle_since < expired_before]
+            del idle[: len(expired)]
+        for connection in expired:
+            connection.close()
         while True:
             with self._lock:
-                idle = self._idle.get(origin)
-                connection = idle.pop() if idle else None
-            if connection is None or not _is_dropped(connection):
-                return connection
-            connection.close()
+                found = idle.pop()[1] if idle else None
+            if found is None or not _is_dropped(found):
+                return found
+            found.close()
 
     def _connect(self, origin: Origin, timeout: float | None) -> http.client.HTTPConnection:
         scheme, host, port = origin
@@ -114,15 +152,16 @@ class StdlibTransport(httpx2.BaseTransport):
             connection = http.client.HTTPConnection(host, port, timeout=timeout)
         else:
             raise httpx2.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
+        connection.response_class = _FinalResponse
         try:
-            connection.connect()
+            connection.connect()  # TCP_NODELAY included
+            _keep_alive_probes(connection.sock)
         except TimeoutError as exc:
             connection.close()
             raise httpx2.ConnectTimeout(str(exc) or "timed out connecting") from exc
         except OSError as exc:
             connection.close()
             raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
     def release(self, origin: Origin, connection: http.client.HTTPConnection, *, reusable: bool) -> None:
@@ -130,7 +169,7 @@ class StdlibTransport(httpx2.BaseTransport):
             with self._lock:
                 idle = self._idle.setdefault(origin, [])
                 if not self._closed and len(idle) < self.max_idle_per_origin:
-                    idle.append(connection)
+                    idle.append((time.monotonic(), connection))
                     return
         connection.close()
 
@@ -173,6 +212,8 @@ class StdlibTransport(httpx2.BaseTransport):
             raise httpx2.WriteTimeout(str(exc) or "timed out sending the request") from exc
         except OSError as exc:
             raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
+        except (http.client.HTTPException, ValueError) as exc:  # a header or target http.client refuses
+            raise httpx2.LocalProtocolError(str(exc) or type(exc).__name__) from exc
         try:
             sock.settimeout(read_timeout)
             return connection.getresponse()
@@ -186,7 +227,7 @@ class StdlibTransport(httpx2.BaseTransport):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            connections = [connection for idle in self._idle.values() for connection in idle]
+            connections = [connection for idle in self._idle.values() for _, connection in idle]
             self._idle.clear()
         for connection in connections:
             connection.close()

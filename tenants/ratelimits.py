@@ -18,7 +18,7 @@ from typing import Any
 from django.core.cache import cache
 from django_ratelimit.core import get_usage
 from django_redis import get_redis_connection
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from tenants.errors import CACHE_ERRORS, ApiError
 from tenants.models import ApiKey, Tenant
@@ -187,16 +187,19 @@ class _SentScript:
         self.pool.release(self.connection)
 
     def reply(self) -> Any:
-        broken = False
         try:
-            return self.connection.read_response()
+            reply = self.connection.read_response()
         except NoScriptError:  # Redis restarted or flushed its scripts: load it and run it again
+            self._release(broken=False)  # the error reply was read whole: the connection is fine
             return self.script(keys=self.keys, args=self.args)
-        except BaseException:
-            broken = True
+        except ResponseError:
+            self._release(broken=False)
             raise
-        finally:
-            self._release(broken=broken)
+        except BaseException:
+            self._release(broken=True)
+            raise
+        self._release(broken=False)
+        return reply
 
 
 def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
@@ -235,7 +238,7 @@ def token_rate_adjusting(*, tenant: Tenant, reservation: TokenReservation, used:
             sent = _SentScript(
                 INCR_IF_EXISTS_LUA, [cache.make_key(reservation.counter)], [used - reservation.tokens]
             )
-        except CACHE_ERRORS:
+        except Exception:  # the limiter fails open: whatever went wrong, the block (the settlement) runs
             logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)
     try:
         yield

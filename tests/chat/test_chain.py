@@ -301,6 +301,11 @@ def test_both_http_transports_carry_both_sdks(tenant, chat_client, upstreams, se
     events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
     assert (events[-1][0], events[-1][1]["provider"]) == ("done", provider)
     assert UsageEntry.objects.filter(tenant=tenant).count() == 2
+    from chat.providers import provider_named
+    from chat.transport import StdlibTransport
+
+    sdk_transport = provider_named(provider).client._client._transport
+    assert isinstance(sdk_transport, StdlibTransport) == (transport == "stdlib")
 
 
 def test_a_connection_dropped_after_done_leaves_the_stream_complete(tenant, chat_client, upstreams):

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import httpx2
 import pytest
 
+from chat import transport as transport_module
 from chat.transport import StdlibTransport
 
 Handler = Callable[[socket.socket], None]
@@ -114,16 +115,73 @@ def test_keeps_one_connection_alive_for_sequential_requests(client):
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced(client):
+    closed = threading.Event()
+
     def answer_once(conn: socket.socket) -> None:
         read_request(conn)
         respond(conn, b"ok")
         conn.close()  # without saying so in the response: the client finds out while it is idle
+        closed.set()
 
     with raw_server(answer_once) as (url, accepted):
         assert client.get(url).content == b"ok"
-        time.sleep(0.05)
+        assert closed.wait(2)
+        time.sleep(0.05)  # the FIN crosses the loopback
         assert client.get(url).content == b"ok"
         assert len(accepted) == 2
+
+
+def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused(client, monkeypatch):
+    """However open the server keeps it: a NAT or load balancer may have forgotten it silently."""
+    now = [1000.0]
+    monkeypatch.setattr(transport_module.time, "monotonic", lambda: now[0])
+    with raw_server(echo_forever) as (url, accepted):
+        client.get(url)
+        now[0] += transport_module.KEEPALIVE_EXPIRY_SECONDS - 1
+        client.get(url)
+        assert len(accepted) == 1
+        now[0] += transport_module.KEEPALIVE_EXPIRY_SECONDS + 1
+        client.get(url)
+        assert len(accepted) == 2
+
+
+def test_a_connection_left_mid_response_is_never_reused(client):
+    """The server keeps the socket open and, asked again on it, sends the rest of the first response
+    and then a stale one: a transport that reused the connection would read those."""
+    connections = []
+
+    def partial_then_stale(conn: socket.socket) -> None:
+        connections.append(conn)
+        read_request(conn)
+        if len(connections) > 1:
+            respond(conn, b"fresh")
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\nabc")
+        if read_request(conn)[0]:
+            conn.sendall(b"d" * 27 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+
+    with raw_server(partial_then_stale) as (url, accepted):
+        with client.stream("GET", url) as response:
+            assert next(response.iter_raw()) == b"abc"  # the caller stops reading here
+        assert client.get(url).content == b"fresh"
+        assert len(accepted) == 2
+
+
+def test_interim_responses_are_skipped(client):
+    """A 103 Early Hints (or 102) before the answer is not the answer, and does not shift the next
+    request's answer by one."""
+
+    def with_early_hints(conn: socket.socket) -> None:
+        for number in range(2):
+            read_request(conn)
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            respond(conn, b"answer %d" % number)
+
+    with raw_server(with_early_hints) as (url, accepted):
+        first, second = client.get(url), client.get(url)
+        assert (first.status_code, first.content) == (200, b"answer 0")
+        assert (second.status_code, second.content) == (200, b"answer 1")
+        assert len(accepted) == 1
 
 
 def test_a_response_marked_connection_close_is_not_reused(client):
@@ -139,9 +197,15 @@ def test_a_response_marked_connection_close_is_not_reused(client):
 
 
 def test_a_streamed_upload_is_sent_chunked(client):
-    with raw_server(echo_forever) as (url, _):
-        response = client.post(url, content=iter([b"abc", b"defg", b"h"]))
-        assert response.content.startswith(b"8 POST")
+    def chunked_or_not(conn: socket.socket) -> None:
+        while (request := read_request(conn))[0]:
+            head, body = request
+            answer = b"chunked" if b"transfer-encoding: chunked" in head.lower() else b"plain"
+            respond(conn, b"%s %d" % (answer, len(body)))
+
+    with raw_server(chunked_or_not) as (url, _):
+        assert client.post(url, content=iter([b"abc", b"defg", b"h"])).content == b"chunked 8"
+        assert client.post(url, content=b"abcdefgh").content == b"plain 8"
 
 
 def test_a_gzipped_response_is_decoded(client):
@@ -270,3 +334,18 @@ def test_https_verifies_the_server_and_keeps_the_connection(certificate):
             pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
         ):
             client.get(https_url)  # the default trust store does not know a self-signed certificate
+
+
+def test_a_proxy_in_the_environment_leaves_the_sdks_their_own_transport(monkeypatch):
+    """httpx2 applies proxies from the environment only to its own transport."""
+    import openai
+
+    from chat.providers import _http_client
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = _http_client(openai.DefaultHttpxClient, "stdlib")
+    assert isinstance(client._transport, StdlibTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert _http_client(openai.DefaultHttpxClient, "stdlib") is None
+    assert _http_client(openai.DefaultHttpxClient, "httpx") is None
