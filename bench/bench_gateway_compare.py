@@ -145,8 +145,9 @@ def main(variants: list[str]) -> None:
         f"p50 {direct_p50:.2f} ms, time to first token {direct_ttft:.2f} ms.",
         "",
         "Server CPU is what gunicorn (master and workers) used per request at concurrency 1, from "
-        "/proc: it barely depends on how fast this VM wakes a waiting process, so it separates variants "
-        "whose latencies drown in that noise.",
+        "/proc. It leaves out the waits for Redis, PostgreSQL and the upstream, so it separates "
+        "variants whose latencies drown in this VM's wake-up noise; like latency, it follows the VM's "
+        "speed, so compare it within a run.",
         "",
         "| variant | overhead p50 ms | vs first | server CPU ms per request | vs first | req/s "
         "| time-to-first-token overhead p50 ms | vs first | req/s at concurrency 16 |",

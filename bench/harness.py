@@ -99,8 +99,9 @@ def _cpu_ticks(pid: int) -> tuple[int, int]:
 def server_cpu_seconds(port: int) -> float:
     """CPU seconds used so far by the gunicorn serving `port`: its master and its live workers.
 
-    Unlike latency, this hardly depends on how fast this VM wakes a waiting process, so it tells
-    small changes apart where latency cannot; compare it across a run, with workers that stay up."""
+    Unlike latency, it leaves out the waits for other processes, so it tells small changes apart
+    where latency cannot; it follows the VM's speed all the same, so compare it within a run, with
+    workers that stay up."""
     master = _servers[port]
     ticks = _cpu_ticks(master)[1]
     for entry in os.listdir("/proc"):
@@ -255,7 +256,8 @@ def reference_loop_ms() -> float:
 def idle_round_trip_us() -> float:
     """Median microseconds of a Redis PING sent after 3 ms of idleness: what one network round trip
     costs a request on this (shared, virtual) machine right now, waking the peer included. The
-    gateway makes about ten of them per request, so its latency follows this more than the CPU."""
+    gateway makes about eight per request; at concurrency 1 its own CPU still weighs more
+    (`server_cpu_seconds`)."""
     import redis
     from django.conf import settings
 
