@@ -122,6 +122,7 @@ class StdlibTransport(httpx2.BaseTransport):
     def __init__(self, *, max_idle_per_origin: int = 32, ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_idle_per_origin = max_idle_per_origin
         self.ssl_context = ssl_context or httpx2.create_ssl_context()
+        self.ssl_context.set_alpn_protocols(["http/1.1"])  # as httpcore2 offers without HTTP/2
         self._idle: dict[Origin, list[tuple[float, http.client.HTTPConnection]]] = {}  # oldest first
         self._lock = threading.Lock()
         self._closed = False
@@ -211,7 +212,13 @@ class StdlibTransport(httpx2.BaseTransport):
         except TimeoutError as exc:
             raise httpx2.WriteTimeout(str(exc) or "timed out sending the request") from exc
         except OSError as exc:
-            raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
+            # A server may answer (413, 400) and close before taking the whole body: its answer,
+            # when it can still be read, says more than the broken pipe (httpcore2 does the same).
+            try:
+                sock.settimeout(read_timeout)
+                return connection.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
         except (http.client.HTTPException, ValueError) as exc:  # a header or target http.client refuses
             raise httpx2.LocalProtocolError(str(exc) or type(exc).__name__) from exc
         try:

@@ -256,6 +256,27 @@ def test_a_server_that_closes_without_answering_is_a_protocol_error(client):
         client.get(url)
 
 
+def test_an_answer_sent_before_the_whole_upload_is_read_is_returned(client):
+    """A server refusing a large body answers and closes before reading it: the answer, not the
+    broken pipe, is what the caller gets."""
+
+    def refuse_early(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!"
+        )
+        conn.shutdown(socket.SHUT_WR)
+        for _ in range(3):
+            conn.recv(65536)
+        conn.close()
+
+    with raw_server(refuse_early) as (url, _):
+        response = client.post(url, content=b"x" * 20_000_000)
+    assert (response.status_code, response.content) == (413, b"too big!")
+
+
 def test_a_slow_server_is_a_read_timeout():
     def silent(conn: socket.socket) -> None:
         read_request(conn)
