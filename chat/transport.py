@@ -4,8 +4,8 @@ library's http.client.
 Both SDKs send every call through an httpx2 client. Its default transport (httpcore2 over h11)
 spends more CPU per call than the call's own work on a gateway that waits on a local model, and at
 concurrency 1 the gateway's latency is mostly its CPU (bench/bench_gateway_compare.py). Everything
-above the transport stays the SDKs' and httpx2's own: building requests, auth, timeouts, proxies
-from the environment (httpx2 mounts its own transports for those), errors and streaming.
+above the transport stays the SDKs' and httpx2's own: building requests, auth, timeouts, errors and
+streaming.
 
 HTTP/1.1 only, one request per connection at a time, idle connections kept per origin for
 KEEPALIVE_EXPIRY_SECONDS (httpx2's default) and dropped sooner when the server has closed them.
@@ -216,9 +216,11 @@ class StdlibTransport(httpx2.BaseTransport):
             # when it can still be read, says more than the broken pipe (httpcore2 does the same).
             try:
                 sock.settimeout(read_timeout)
-                return connection.getresponse()
+                early = connection.getresponse()
             except (OSError, http.client.HTTPException):
                 raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
+            early.will_close = True  # the body was cut short: the connection can carry nothing else
+            return early
         except (http.client.HTTPException, ValueError) as exc:  # a header or target http.client refuses
             raise httpx2.LocalProtocolError(str(exc) or type(exc).__name__) from exc
         try:
