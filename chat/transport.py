@@ -19,7 +19,6 @@ environment names a proxy.
 from __future__ import annotations
 
 import http.client
-import select
 import socket
 import ssl
 import threading
@@ -28,6 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2
+
+from tenants.sockets import readable_now
 
 Origin = tuple[str, str, int]
 
@@ -46,11 +47,9 @@ def _is_dropped(connection: http.client.HTTPConnection) -> bool:
     sock = connection.sock
     if sock is None:
         return True
-    poller = select.poll()  # not select(): it fails for file descriptors past 1024
-    poller.register(sock, select.POLLIN)
     try:
-        return bool(poller.poll(0))
-    except OSError:
+        return readable_now(sock)
+    except (OSError, ValueError):  # already closed
         return True
 
 

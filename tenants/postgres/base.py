@@ -21,13 +21,13 @@ statement of its own to prepare.
 
 from __future__ import annotations
 
-import select
-
 import psycopg
 from django.db.backends.postgresql import base
 from django.db.backends.utils import CursorWrapper
 from psycopg import pq
 from psycopg.types.numeric import Int8Dumper
+
+from tenants.sockets import readable_now
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -68,8 +68,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
             return False
         try:
-            poller = select.poll()  # not select.select: it cannot take descriptors past 1023
-            poller.register(pgconn.socket, select.POLLIN)
-            return not poller.poll(0)
+            return not readable_now(pgconn.socket)
         except (OSError, ValueError):  # the socket is already closed
             return False
