@@ -248,9 +248,3 @@ def token_rate_adjusting(*, tenant: Tenant, reservation: TokenReservation, used:
                 sent.reply()
             except CACHE_ERRORS:
                 logger.exception("token limiter unavailable while adjusting tenant %s", tenant.pk)
-
-
-def token_rate_adjust(*, tenant: Tenant, reservation: TokenReservation, used: int) -> None:
-    """token_rate_adjusting with nothing to overlap."""
-    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=used):
-        pass

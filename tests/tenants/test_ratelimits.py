@@ -14,7 +14,6 @@ from tenants.models import ApiKey, Scope
 from tenants.ratelimits import (
     TokenReservation,
     request_usages,
-    token_rate_adjust,
     token_rate_adjusting,
     token_rate_reserve,
     tokens_this_minute,
@@ -118,7 +117,8 @@ def test_token_reservation_is_all_or_nothing(tenant):
     assert raised.value.status_code == 429
     assert raised.value.headers["Retry-After"]
     assert tokens_this_minute(tenant=tenant).count == 600  # the refused reservation took nothing
-    token_rate_adjust(tenant=tenant, reservation=reservation, used=250)
+    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=250):
+        pass
     assert tokens_this_minute(tenant=tenant).count == 250
     assert token_rate_reserve(tenant=tenant, tokens=750).usage.count == 1000
 
@@ -137,7 +137,8 @@ def test_token_adjustment_never_touches_a_later_window(tenant):
     tenant.tokens_per_minute = 1000
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
     stale = TokenReservation(f"ratelimit:tpm:{tenant.pk}:0", 600, reservation.usage)  # a minute long gone
-    token_rate_adjust(tenant=tenant, reservation=stale, used=10)
+    with token_rate_adjusting(tenant=tenant, reservation=stale, used=10):
+        pass
     assert tokens_this_minute(tenant=tenant).count == 600
 
 
@@ -154,7 +155,8 @@ def test_token_adjustment_does_not_bring_back_a_vanished_counter(tenant):
 
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
     cache.delete(reservation.counter)  # evicted, say
-    token_rate_adjust(tenant=tenant, reservation=reservation, used=10)
+    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=10):
+        pass
     assert cache.get(reservation.counter) is None
 
 
@@ -163,7 +165,8 @@ def test_token_adjustment_survives_redis_forgetting_its_scripts(tenant):
 
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
     get_redis_connection("default").script_flush()
-    token_rate_adjust(tenant=tenant, reservation=reservation, used=100)
+    with token_rate_adjusting(tenant=tenant, reservation=reservation, used=100):
+        pass
     assert tokens_this_minute(tenant=tenant).count == 100
 
 
