@@ -184,9 +184,12 @@ def _anthropic_client(
 def _http_client(default_client: type[httpx2.Client], transport: str) -> httpx2.Client | None:
     """The SDK's own client on chat/transport.py for PROVIDER_HTTP_TRANSPORT=stdlib; None (the
     SDK's default client, untouched) for `httpx`, or when the environment names a proxy: httpx2
-    reads proxies from the environment only for its own transport."""
-    proxies = {scheme for scheme in urllib.request.getproxies() if scheme != "no"}
-    if transport != "stdlib" or proxies:
+    reads proxies from the environment only for its own transport.
+
+    Only the proxies httpx2 applies count (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): the standard library
+    reads any variable ending in _PROXY as one, our own BEHIND_TLS_PROXY setting included."""
+    proxies = urllib.request.getproxies()
+    if transport != "stdlib" or any(proxies.get(scheme) for scheme in ("http", "https", "all")):
         return None
     return default_client(transport=StdlibTransport())
 

@@ -365,6 +365,7 @@ def test_a_proxy_in_the_environment_leaves_the_sdks_their_own_transport(monkeypa
 
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BEHIND_TLS_PROXY", "1")  # a setting of ours, not a proxy httpx2 would apply
     client = _http_client(openai.DefaultHttpxClient, "stdlib")
     assert isinstance(client._transport, StdlibTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
