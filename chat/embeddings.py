@@ -128,11 +128,14 @@ class OpenAIEmbedder:
     def client(self):  # type: ignore[no-untyped-def]
         import openai
 
+        from chat.transport import sdk_http_client
+
         return openai.OpenAI(
             api_key=settings.OPENAI_API_KEY or "unset",
             base_url=settings.OPENAI_BASE_URL,
             timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
             max_retries=settings.EMBEDDING_MAX_RETRIES,  # then the Celery task retries with its backoff
+            http_client=sdk_http_client(openai.DefaultHttpxClient, settings.PROVIDER_HTTP_TRANSPORT),
         )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

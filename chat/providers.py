@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,7 +22,7 @@ from django.conf import settings
 
 from chat.embeddings import words
 from chat.tokens import estimate_message_tokens, estimate_tokens
-from chat.transport import StdlibTransport
+from chat.transport import sdk_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ def _openai_client(
         base_url=base_url,
         max_retries=0,
         timeout=openai.Timeout(total, connect=connect),
-        http_client=_http_client(openai.DefaultHttpxClient, transport),
+        http_client=sdk_http_client(openai.DefaultHttpxClient, transport),
     )
 
 
@@ -177,21 +176,8 @@ def _anthropic_client(
         base_url=base_url,
         max_retries=0,
         timeout=anthropic.Timeout(total, connect=connect),
-        http_client=_http_client(anthropic.DefaultHttpxClient, transport),
+        http_client=sdk_http_client(anthropic.DefaultHttpxClient, transport),
     )
-
-
-def _http_client(default_client: type[httpx2.Client], transport: str) -> httpx2.Client | None:
-    """The SDK's own client on chat/transport.py for PROVIDER_HTTP_TRANSPORT=stdlib; None (the
-    SDK's default client, untouched) for `httpx`, or when the environment names a proxy: httpx2
-    reads proxies from the environment only for its own transport.
-
-    Only the proxies httpx2 applies count (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): the standard library
-    reads any variable ending in _PROXY as one, our own BEHIND_TLS_PROXY setting included."""
-    proxies = urllib.request.getproxies()
-    if transport != "stdlib" or any(proxies.get(scheme) for scheme in ("http", "https", "all")):
-        return None
-    return default_client(transport=StdlibTransport())
 
 
 class ReusableStream(openai.Stream[object]):

@@ -23,6 +23,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -239,3 +240,17 @@ class StdlibTransport(httpx2.BaseTransport):
             self._idle.clear()
         for connection in connections:
             connection.close()
+
+
+def sdk_http_client(default_client: type[httpx2.Client], transport: str) -> httpx2.Client | None:
+    """The `http_client` for an SDK (`openai.DefaultHttpxClient`, `anthropic.DefaultHttpxClient`):
+    the SDK's own client class on this transport for PROVIDER_HTTP_TRANSPORT=stdlib; None (the
+    SDK's default client, untouched) for `httpx`, or when the environment names a proxy: httpx2
+    reads proxies from the environment only for its own transport.
+
+    Only the proxies httpx2 applies count (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): the standard library
+    reads any variable ending in _PROXY as one, our own BEHIND_TLS_PROXY setting included."""
+    proxies = urllib.request.getproxies()
+    if transport != "stdlib" or any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+        return None
+    return default_client(transport=StdlibTransport())

@@ -27,6 +27,7 @@ from chat.retrieval import (
     vector_indexes_sync,
     vector_literal,
 )
+from chat.transport import StdlibTransport
 from tenants.services import tenant_create
 from tests.chat.corpus import DOCUMENTS, QUESTIONS
 from tests.conftest import client_with_key
@@ -189,6 +190,7 @@ def test_openai_embedder_asks_for_the_deployment_size(settings, openai_server):
     assert request["body"]["dimensions"] == 384
     assert request["body"]["model"] == "text-embedding-3-small"
     assert np.allclose(vectors, HashingEmbedder(384).embed(["first text", "second text"]), atol=1e-6)
+    assert isinstance(get_embedder().client._client._transport, StdlibTransport)  # as the providers' SDKs
 
 
 def test_repeated_query_embeddings_are_cached_in_process_and_in_redis(settings, openai_server):

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 
 from chat import transport as transport_module
-from chat.transport import StdlibTransport
+from chat.transport import StdlibTransport, sdk_http_client
 
 Handler = Callable[[socket.socket], None]
 
@@ -361,13 +361,11 @@ def test_a_proxy_in_the_environment_leaves_the_sdks_their_own_transport(monkeypa
     """httpx2 applies proxies from the environment only to its own transport."""
     import openai
 
-    from chat.providers import _http_client
-
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BEHIND_TLS_PROXY", "1")  # a setting of ours, not a proxy httpx2 would apply
-    client = _http_client(openai.DefaultHttpxClient, "stdlib")
+    client = sdk_http_client(openai.DefaultHttpxClient, "stdlib")
     assert isinstance(client._transport, StdlibTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert _http_client(openai.DefaultHttpxClient, "stdlib") is None
-    assert _http_client(openai.DefaultHttpxClient, "httpx") is None
+    assert sdk_http_client(openai.DefaultHttpxClient, "stdlib") is None
+    assert sdk_http_client(openai.DefaultHttpxClient, "httpx") is None
