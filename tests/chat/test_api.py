@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -14,6 +12,7 @@ from prompts.services import experiment_start
 from tenants.background import background
 from tenants.ratelimits import tokens_this_minute
 from tests.chat.test_chain import ask, parse_sse
+from tests.conftest import start_of_fresh_token_window
 
 
 def test_conversation_history_is_sent_and_stored(tenant, chat_client, upstreams):
@@ -223,8 +222,7 @@ def test_the_trace_is_written_after_the_response_by_the_background_thread(
     """As in production: the request thread sends no trace statement, and has corrected the minute's
     token count before it answers; the background thread writes the trace with all its spans."""
     settings.BACKGROUND_INLINE = False
-    if tokens_this_minute(tenant=tenant).reset_seconds < 5:  # both requests in one minute's window
-        time.sleep(tokens_this_minute(tenant=tenant).reset_seconds + 1)
+    start_of_fresh_token_window(tenant)  # both requests in one minute's window
     ask(chat_client)
     assert background.flush(timeout=10)
     with CaptureQueriesContext(connection) as queries:

@@ -18,7 +18,7 @@ from tenants.ratelimits import (
     token_rate_reserve,
     tokens_this_minute,
 )
-from tests.conftest import client_with_key
+from tests.conftest import client_with_key, start_of_fresh_token_window
 
 RATELIMIT_FIELD = re.compile(r'^"(?P<name>[a-z-]+)";r=(?P<remaining>\d+);t=(?P<reset>\d+)$')
 
@@ -109,6 +109,7 @@ def test_raising_the_quota_takes_effect_immediately(tenant, make_key):
 
 
 def test_token_reservation_is_all_or_nothing(tenant):
+    start_of_fresh_token_window(tenant)
     tenant.tokens_per_minute = 1000
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
     assert reservation.usage.count == 600
@@ -134,6 +135,7 @@ def test_a_token_window_counter_expires_after_its_minute(tenant):
 
 
 def test_token_adjustment_never_touches_a_later_window(tenant):
+    start_of_fresh_token_window(tenant)
     tenant.tokens_per_minute = 1000
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
     stale = TokenReservation(f"ratelimit:tpm:{tenant.pk}:0", 600, reservation.usage)  # a minute long gone
@@ -143,6 +145,7 @@ def test_token_adjustment_never_touches_a_later_window(tenant):
 
 
 def test_token_adjustment_applies_even_when_the_overlapped_block_fails(tenant):
+    start_of_fresh_token_window(tenant)
     tenant.tokens_per_minute = 1000
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
     with pytest.raises(RuntimeError), token_rate_adjusting(tenant=tenant, reservation=reservation, used=250):
@@ -161,6 +164,7 @@ def test_token_adjustment_does_not_bring_back_a_vanished_counter(tenant):
 
 
 def test_token_adjustment_survives_redis_forgetting_its_scripts(tenant):
+    start_of_fresh_token_window(tenant)
     from django_redis import get_redis_connection
 
     reservation = token_rate_reserve(tenant=tenant, tokens=600)
@@ -180,6 +184,7 @@ def test_token_adjustment_without_redis_still_runs_the_block(tenant, settings):
 
 
 def test_concurrent_token_reservations_never_exceed_the_limit(tenant):
+    start_of_fresh_token_window(tenant)
     tenant.tokens_per_minute = 1000
 
     def reserve() -> bool:
