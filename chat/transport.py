@@ -189,7 +189,10 @@ class StdlibTransport(httpx2.BaseTransport):
             response.status,
             headers=headers,
             stream=_ResponseStream(self, origin, connection, response),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.encode("latin-1")},
+            extensions={
+                "http_version": b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1",
+                "reason_phrase": response.reason.encode("latin-1"),
+            },
         )
 
     @staticmethod

@@ -196,6 +196,19 @@ def test_a_response_marked_connection_close_is_not_reused(client):
         assert len(accepted) == 2
 
 
+def test_an_http_1_0_answer_says_so_and_its_connection_is_not_reused(client):
+    def answer_in_1_0(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold")
+        conn.close()
+
+    with raw_server(answer_in_1_0) as (url, accepted):
+        for _ in range(2):
+            response = client.get(url)
+            assert (response.http_version, response.content) == ("HTTP/1.0", b"old")
+        assert len(accepted) == 2  # HTTP/1.0 without keep-alive: one request per connection
+
+
 def test_a_streamed_upload_is_sent_chunked(client):
     def chunked_or_not(conn: socket.socket) -> None:
         while (request := read_request(conn))[0]:
