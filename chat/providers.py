@@ -99,6 +99,8 @@ def classify(exc: Exception) -> ProviderError:
         return ProviderError("connection", f"could not reach the provider: {exc}")
     if isinstance(exc, httpx2.TransportError):  # a stream dropped mid-way (anthropic's SDK lets it through)
         return ProviderError("connection", f"the connection to the provider broke: {exc}")
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code < 400:
+        return _in_stream_error(exc.body)  # an `error` event in a stream that began with HTTP 200
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         status = exc.status_code
         retry_after = _retry_after(exc.response.headers)
@@ -123,7 +125,37 @@ def classify(exc: Exception) -> ProviderError:
         return ProviderError(
             "bad_request", f"the provider rejected the request: {_status_message(exc)}", status_code=status
         )
+    if (
+        isinstance(exc, openai.APIError)
+        and not isinstance(exc, openai.APIResponseValidationError)
+        and isinstance(exc.body, dict)
+    ):
+        return _in_stream_error({"error": exc.body})  # an error object in a stream's data
     return ProviderError("malformed", f"unreadable provider response ({type(exc).__name__})")
+
+
+# Error types the providers name in an error they send inside a stream, after HTTP 200: the status
+# code says nothing there. Anthropic's (overloaded_error, api_error...) and OpenAI's (server_error...)
+# alike; a type not named here is taken for a failure on the provider's side, as it is mid-answer.
+_IN_STREAM_ERROR_KINDS = {
+    "rate_limit_error": "rate_limited",
+    "rate_limit_exceeded": "rate_limited",
+    "invalid_request_error": "bad_request",
+    "request_too_large": "bad_request",
+    "authentication_error": "config",
+    "permission_error": "config",
+    "not_found_error": "config",
+    "invalid_api_key": "config",
+}
+
+
+def _in_stream_error(body: object) -> ProviderError:
+    error = body.get("error") if isinstance(body, dict) else None
+    error_type = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    kind = _IN_STREAM_ERROR_KINDS.get(error_type, "server") if isinstance(error_type, str) else "server"
+    detail = message[:300] if isinstance(message, str) else "no message"
+    return ProviderError(kind, f"the provider reported {error_type or 'an error'} mid-stream: {detail}")
 
 
 def _status_message(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:

@@ -4,6 +4,7 @@ formats, for the real SDKs to talk to. Each server plays a script of behaviours,
 
     ok | hang | 429 | 500 | 529 | 400 | 401 | malformed | cut:N (stream N deltas, then drop) | no_usage
     | reset_after_done (a whole stream, then the connection dropped before the end of the message)
+    | overloaded_event (a stream that starts, then reports the provider overloaded in an error event)
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class FakeLLMServer:
             if self.kind == "openai"
             else self._anthropic_events(body, deltas, behaviour)
         )
+        if behaviour == "overloaded_event":  # HTTP 200 already sent: the error comes as an event
+            events = [events[0], self._error_event()]
         sent_deltas = 0
         for name, data, is_delta in events:
             if cut is not None and is_delta and sent_deltas == cut:
@@ -220,6 +223,18 @@ class FakeLLMServer:
             handler.close_connection = True
             return
         handler.wfile.write(b"0\r\n\r\n")
+
+    def _error_event(self) -> tuple[str | None, str, bool]:
+        if self.kind == "openai":  # a data line holding an error object, as OpenAI sends mid-stream
+            error = {
+                "message": "The server is overloaded.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+            return None, json.dumps({"error": error}), False
+        error = {"type": "overloaded_error", "message": "Overloaded"}
+        return "error", json.dumps({"type": "error", "error": error}), False
 
     def _openai_events(
         self, body: dict[str, Any], deltas: list[str], behaviour: str

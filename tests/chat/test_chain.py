@@ -335,6 +335,24 @@ def test_stream_failure_before_the_first_token_falls_back(tenant, chat_client, u
     assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8
 
 
+@pytest.mark.parametrize("first", ["openai", "anthropic"])
+def test_an_overloaded_error_event_in_a_stream_is_retried_then_falls_back(
+    tenant, chat_client, upstreams, settings, first
+):
+    """The stream opened with HTTP 200, then the provider reported itself overloaded in an event:
+    a server failure (retried, then the next target), not a request the provider rejected."""
+    servers = dict(zip(["openai", "anthropic"], upstreams, strict=True))
+    chain = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"]
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = chain if first == "openai" else chain[::-1]
+    servers[first].then("overloaded_event", "overloaded_event")
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    name, done = events[-1]
+    second = "anthropic" if first == "openai" else "openai"
+    assert (name, done["provider"]) == ("done", second)
+    assert attempts_of(done["trace_id"]) == [(first, "error", "server")] * 2 + [(second, "ok", "")]
+    assert UsageEntry.objects.get(tenant=tenant).provider == second
+
+
 def parse_sse(text: str) -> list[tuple[str, dict]]:
     import json
 
