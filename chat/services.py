@@ -672,9 +672,12 @@ def _finish(
         "output_tokens": usage.output_tokens,
         "citations": prepared.citations,
     }
-    if prepared.cache_key is not None and finish_reason != "error":
+    # Both cache keys name the first target: an answer from a fallback (the local model during an
+    # outage, say) is not what that target would say, and must not stand in for it once it is back.
+    cacheable = finish_reason != "error" and target == prepared.targets[0]
+    if prepared.cache_key is not None and cacheable:
         background.submit(partial(_exact_cache_store, prepared.cache_key, entry, prepared.chat_settings))
-    if prepared.semantic_key is not None and finish_reason != "error":
+    if prepared.semantic_key is not None and cacheable:
         semantic_cache_store(tenant=tenant, key=prepared.semantic_key, question=params.message, hit=entry)
     recorder.set(
         provider=target.provider,

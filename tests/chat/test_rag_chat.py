@@ -176,6 +176,18 @@ def test_semantic_cache_answers_close_questions_at_no_cost(
     assert len(openai_server.requests) == calls + 1
 
 
+def test_semantic_cache_keeps_no_answer_from_a_fallback(
+    tenant, chat_client, upstreams, settings, semantic_cache
+):
+    settings.CHAT_MAX_RETRIES = 0
+    openai_server, anthropic_server = upstreams
+    openai_server.then("500")
+    anthropic_server.then("500")
+    assert ask(chat_client, QUESTION, temperature=0).json()["provider"] == "local"
+    again = ask(chat_client, NEAR, temperature=0).json()
+    assert (again["provider"], again["cached"]) == ("openai", False)
+
+
 def test_semantic_cache_threshold_is_the_tenants(tenant, chat_client, local_chain, semantic_cache):
     chat_settings_update(tenant=tenant, actor="t", semantic_cache_threshold=1.0)
     ask(chat_client, QUESTION, temperature=0)
