@@ -3,7 +3,6 @@ POST /v1/chat/completions and GET /v1/models. All run the same pipeline (chat/se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -52,22 +51,39 @@ def sse(event: str | None, data: Any) -> str:
     return f"{head}data: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 
-def event_stream(events: Iterator[str], on_close: Callable[[], None] | None = None) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+class _StreamBody:
+    """A streamed response's chunks, which close the pipeline's events with them. The WSGI server
+    closes the response when the client is gone, after any chunk or before the first: the pipeline
+    then settles at once, whether or not the generator making the chunks ever started."""
+
+    def __init__(self, chunks: Iterator[str], pipeline: Iterator[Any] | None) -> None:
+        self.chunks, self.pipeline = chunks, pipeline
+
+    def __iter__(self) -> _StreamBody:
+        return self
+
+    def __next__(self) -> str:
+        return next(self.chunks)
+
+    def close(self) -> None:
+        try:
+            close_chunks = getattr(self.chunks, "close", None)
+            if close_chunks is not None:
+                close_chunks()
+        finally:
+            close_pipeline = getattr(self.pipeline, "close", None)
+            if close_pipeline is not None:
+                close_pipeline()
+
+
+def event_stream(chunks: Iterator[str], pipeline: Iterator[Any] | None = None) -> StreamingHttpResponse:
+    """Server-Sent Events; `pipeline` (chat_stream's events) is closed when the response is."""
+    response = StreamingHttpResponse(
+        _StreamBody(chunks, pipeline), content_type="text/event-stream; charset=utf-8"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event through as it comes
     return response
-
-
-@contextlib.contextmanager
-def closing_events(events: Iterator[Any]) -> Iterator[None]:
-    """Closes the pipeline's stream when the response is closed (client gone), so it settles at once."""
-    try:
-        yield
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
 
 
 def result_data(result: ChatResult) -> dict[str, Any]:
@@ -158,24 +174,15 @@ class ChatView(IdempotentChatView):
         )
         if data["stream"]:
             try:
-                return event_stream(self._sse(params, key, fingerprint))
+                events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
             except Exception:
                 if key is not None:
                     idempotency_abandon(tenant=self.tenant, key=key)
                 raise
+            return event_stream(self._relay_events(events, key, fingerprint), pipeline=events)
         return self.answer_once(
             key, fingerprint, lambda: result_data(chat_complete(tenant=self.tenant, params=params))
         )
-
-    def _sse(self, params: ChatParams, key: str | None, fingerprint: str) -> Iterator[str]:
-        events = chat_stream(tenant=self.tenant, params=params)  # raises before the first token
-        return self._relay(events, key, fingerprint)
-
-    def _relay(
-        self, events: Iterator[str | ChatResult | StreamError], key: str | None, fingerprint: str
-    ) -> Iterator[str]:
-        with closing_events(events):
-            yield from self._relay_events(events, key, fingerprint)
 
     def _relay_events(
         self, events: Iterator[str | ChatResult | StreamError], key: str | None, fingerprint: str
@@ -500,7 +507,8 @@ class ChatCompletionsView(IdempotentChatView):
                     idempotency_abandon(tenant=self.tenant, key=key)
                 raise
             return event_stream(
-                self._chunks(events, params, created, data["model"], include_usage, key, fingerprint)
+                self._chunks(events, params, created, data["model"], include_usage, key, fingerprint),
+                pipeline=events,
             )
         return self.answer_once(
             key,
@@ -533,41 +541,38 @@ class ChatCompletionsView(IdempotentChatView):
                 ],
             },
         )
-        with closing_events(events):
-            for event in events:
-                if isinstance(event, str):
-                    yield sse(
-                        None,
-                        {
-                            **base,
-                            "choices": [{"index": 0, "delta": {"content": event}, "finish_reason": None}],
-                        },
+        for event in events:
+            if isinstance(event, str):
+                yield sse(
+                    None,
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {"content": event}, "finish_reason": None}],
+                    },
+                )
+            elif isinstance(event, StreamError):
+                if key is not None:
+                    idempotency_abandon(tenant=self.tenant, key=key)
+                yield sse(
+                    None,
+                    error_body(
+                        event.error.status_code,
+                        str(event.error.detail),
+                        code=str(event.error.get_codes()),
+                    ),
+                )
+            else:
+                if key is not None:
+                    idempotency_complete(
+                        tenant=self.tenant,
+                        key=key,
+                        fingerprint=fingerprint,
+                        response=completion_body(event, created),
                     )
-                elif isinstance(event, StreamError):
-                    if key is not None:
-                        idempotency_abandon(tenant=self.tenant, key=key)
-                    yield sse(
-                        None,
-                        error_body(
-                            event.error.status_code,
-                            str(event.error.detail),
-                            code=str(event.error.get_codes()),
-                        ),
-                    )
-                else:
-                    if key is not None:
-                        idempotency_complete(
-                            tenant=self.tenant,
-                            key=key,
-                            fingerprint=fingerprint,
-                            response=completion_body(event, created),
-                        )
-                    served = {**base, "model": event.model}
-                    yield sse(
-                        None, {**served, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-                    )
-                    if include_usage:
-                        yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
+                served = {**base, "model": event.model}
+                yield sse(None, {**served, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if include_usage:
+                    yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
         yield "data: [DONE]\n\n"
 
 

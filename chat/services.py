@@ -786,18 +786,24 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
         _close_trace(recorder, exc)
         raise
     recorder.set(time_to_first_token_ms=served.result.opened_at_ms)
-    return _relay(tenant, prepared, recorder, served)
+    relay = _relay(tenant, prepared, recorder, served)
+    next(relay)  # to its first (empty) yield, inside the block that settles when the stream is closed
+    return relay  # type: ignore[return-value]  # every later item is an event
 
 
 def _relay(
     tenant: Tenant, prepared: Prepared, recorder: TraceRecorder, served: Served[OpenStream]
-) -> Iterator[str | ChatResult | StreamError]:
+) -> Iterator[str | ChatResult | StreamError | None]:
+    """The events after the reservation; chat_stream advances it past the first, empty yield. So a
+    caller that closes it before reading anything (the client gone at once) still settles it; a
+    generator closed before it started would run none of its code."""
     redactor = StreamRedactor(prepared.chat_settings.redact_output)
     delivered: list[str] = []
     usage: Usage | None = None
     failure: ApiError | None = None
     stream_started = recorder.elapsed_ms()
     try:
+        yield None
         for event in served.result.events():
             if isinstance(event, Usage):
                 usage = event
@@ -807,6 +813,7 @@ def _relay(
             if text:
                 yield text
     except GeneratorExit:  # the client went away: charge what was generated, then stop
+        _close_provider_stream(served.result)
         failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
         _settle_stream(
             tenant, prepared, recorder, served, delivered, usage, failure, stream_started, redactor
@@ -823,6 +830,14 @@ def _relay(
         tenant, prepared, recorder, served, delivered, usage, failure, stream_started, redactor
     )
     yield StreamError(failure) if failure else result
+
+
+def _close_provider_stream(stream: OpenStream) -> None:
+    """Closes the provider's response now rather than whenever the garbage collector gets to it."""
+    close = getattr(stream.rest, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # the client is gone; the settlement must still run
+            close()
 
 
 def _settle_stream(

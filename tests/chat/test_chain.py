@@ -317,7 +317,8 @@ def test_a_connection_dropped_after_done_leaves_the_stream_complete(tenant, chat
     assert final["usage"]["output_tokens"] == 8  # the provider's usage, which came before [DONE]
     assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8
     assert Trace.objects.get(pk=final["trace_id"]).status == "ok"
-    assert ask(chat_client, stream=True).status_code == 200  # on a new connection
+    again = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    assert again[-1][0] == "done"  # on a new connection
     assert openai_server.connections == 2
 
 
@@ -381,5 +382,37 @@ def test_a_client_leaving_mid_stream_is_charged_for_what_was_generated(tenant, u
     assert entry.output_tokens > 0
     assert not Reservation.objects.exists()
     assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos
+    trace = Trace.objects.get()
+    assert (trace.status, trace.error) == ("error", "ApiError: The client disconnected.")
+
+
+STREAMING_REQUESTS = {
+    "/api/v1/chat": {"message": "What is the capital of France?", "stream": True},
+    "/v1/chat/completions": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "stream": True,
+    },
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("chunks_read", [0, 1])
+@pytest.mark.parametrize("path", list(STREAMING_REQUESTS))
+def test_a_streamed_response_closed_early_settles_and_releases_its_reservation(
+    tenant, chat_client, upstreams, path, chunks_read
+):
+    """What gunicorn does when the client is gone: it closes the response, here after its first
+    chunk (the OpenAI endpoint's is the role chunk, sent before any token is read) or before any."""
+    response = chat_client.post(path, STREAMING_REQUESTS[path], format="json")
+    assert response.status_code == 200
+    chunks = iter(response.streaming_content)
+    for _ in range(chunks_read):
+        next(chunks)
+    response.close()  # ends the request: Django closes the connection (hence transaction=True)
+    assert not Reservation.objects.exists()
+    entry = UsageEntry.objects.get(tenant=tenant)
+    assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos > 0
+    assert BudgetPeriod.objects.get(tenant=tenant).reserved_nanos == 0
     trace = Trace.objects.get()
     assert (trace.status, trace.error) == ("error", "ApiError: The client disconnected.")
