@@ -43,6 +43,7 @@ from chat.serializers import (
 from chat.services import ChatParams, ChatResult, StreamError, chat_complete, chat_stream, conversation_delete
 from tenants.api import TenantAPIView, TenantScopedViewSet
 from tenants.errors import ApiError, error_body
+from tenants.middleware import document_upload_bytes_limit
 from tenants.models import Scope, Tenant
 
 
@@ -345,8 +346,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
             declared_length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             declared_length = 0
-        # JSON escapes text (up to 6 bytes a character), so only refuse unread bodies far too large.
-        if declared_length > 6 * limit + 65_536:
+        if declared_length > document_upload_bytes_limit():  # unread and far too large
             raise self._too_large(declared_length, limit)
         if request.content_type.startswith("multipart/form-data"):
             upload = DocumentMultipartUploadSerializer(data=request.data)

@@ -7,9 +7,24 @@ from django.http import HttpRequest, HttpResponse
 
 from tenants.errors import is_api_path, json_error_response
 
+DOCUMENT_UPLOAD_PATH = "/api/v1/documents"
+
+
+def document_upload_bytes_limit() -> int:
+    """The largest body a document upload may declare. JSON escapes text (up to 6 bytes a character),
+    so this is far above RAG_MAX_UPLOAD_BYTES, which the upload view applies to the document itself."""
+    return 6 * settings.RAG_MAX_UPLOAD_BYTES + 65_536
+
+
+def request_bytes_limit(request: HttpRequest) -> int:
+    if request.method == "POST" and request.path.rstrip("/") == DOCUMENT_UPLOAD_PATH:
+        return max(settings.API_MAX_REQUEST_BYTES, document_upload_bytes_limit())
+    return settings.API_MAX_REQUEST_BYTES
+
 
 class ApiRequestSizeLimitMiddleware:
-    """413 for API bodies over API_MAX_REQUEST_BYTES, before anything reads them."""
+    """413 for API bodies over API_MAX_REQUEST_BYTES (document uploads: their own limit), before
+    anything reads them."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -22,7 +37,7 @@ class ApiRequestSizeLimitMiddleware:
                 return json_error_response(
                     400, "Invalid Content-Length header.", code="invalid_content_length"
                 )
-            limit = settings.API_MAX_REQUEST_BYTES
+            limit = request_bytes_limit(request)
             if length > limit:
                 return json_error_response(
                     413,

@@ -186,6 +186,21 @@ def test_a_body_far_over_the_limit_is_refused_before_it_is_read(docs_client, set
     assert response.json()["error"]["type"] == "request_too_large"
 
 
+def test_a_document_over_the_api_body_limit_but_within_its_own_is_accepted(
+    docs_client, settings, django_capture_on_commit_callbacks
+):
+    """API_MAX_REQUEST_BYTES (1 MiB) bounds API bodies; an upload has RAG_MAX_UPLOAD_BYTES (10 MB)."""
+    text = "The fertilizer is stored in the shed. " * 60_000  # 2.3 MB
+    assert settings.API_MAX_REQUEST_BYTES < len(text) < settings.RAG_MAX_UPLOAD_BYTES
+    with django_capture_on_commit_callbacks(execute=False):
+        as_file = upload_file(docs_client, "big.txt", text.encode(), "text/plain")
+        as_json = docs_client.post("/api/v1/documents", {"title": "big", "text": text + "!"}, format="json")
+    assert (as_file.status_code, as_json.status_code) == (201, 201), (as_file.content, as_json.content)
+    elsewhere = docs_client.post("/api/v1/chat", {"message": text}, format="json")
+    assert elsewhere.status_code == 413  # every other endpoint keeps API_MAX_REQUEST_BYTES
+    assert elsewhere.json()["error"]["code"] == "request_too_large"
+
+
 def test_identical_content_is_detected_by_hash(
     docs_client, other_tenant, make_key, django_capture_on_commit_callbacks
 ):
