@@ -203,7 +203,16 @@ class _SentScript:
 
 
 def token_rate_reserve(*, tenant: Tenant, tokens: int) -> TokenReservation:
-    """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing."""
+    """Takes `tokens` from this minute's allowance atomically, or raises 429 and takes nothing; 400
+    for a request needing more than a whole minute's allowance, which no wait would let through."""
+    if tokens > tenant.tokens_per_minute:
+        raise ApiError(
+            f"This request may need {tokens} tokens (its prompt and max_tokens), more than the "
+            f"tenant's whole tokens-per-minute limit of {tenant.tokens_per_minute}: lower max_tokens, "
+            "or ask for a higher limit.",
+            status_code=400,
+            code="request_over_tokens_per_minute",
+        )
     window_end, reset = _token_window()
     counter = _token_counter_key(tenant, window_end)
     redis_key = cache.make_key(counter)

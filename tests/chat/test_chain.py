@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from billing.models import BudgetPeriod, Reservation, UsageEntry
 from chat.circuit import circuit_state
 from monitoring.models import Span, Trace
-from tests.conftest import BASE_DIR
+from tests.conftest import BASE_DIR, start_of_fresh_token_window
 
 
 def ask(chat_client, **body):
@@ -219,7 +219,7 @@ def test_a_402_gives_the_minute_s_tokens_back(tenant, chat_client, upstreams):
     assert tokens_this_minute(tenant=tenant).count == 0
 
 
-def test_over_the_tokens_per_minute_is_429_before_any_provider_call_and_reserves_nothing(
+def test_a_request_larger_than_a_whole_minute_of_tokens_is_400_not_an_endless_429(
     tenant, chat_client, upstreams
 ):
     from tenants.ratelimits import tokens_this_minute
@@ -228,11 +228,30 @@ def test_over_the_tokens_per_minute_is_429_before_any_provider_call_and_reserves
     tenant.tokens_per_minute = 10  # less than any request's estimate (its max_tokens alone)
     tenant.save()
     response = ask(chat_client)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "request_over_tokens_per_minute"
+    assert "Retry-After" not in response
+    assert not openai_server.requests
+    assert tokens_this_minute(tenant=tenant).count == 0
+    assert not Reservation.objects.exists()
+
+
+def test_over_the_tokens_per_minute_is_429_before_any_provider_call_and_reserves_nothing(
+    tenant, chat_client, upstreams
+):
+    from tenants.ratelimits import token_rate_reserve, tokens_this_minute
+
+    openai_server, _ = upstreams
+    start_of_fresh_token_window(tenant)
+    tenant.tokens_per_minute = 100_000
+    tenant.save()
+    token_rate_reserve(tenant=tenant, tokens=99_990)  # the minute is nearly spent
+    response = ask(chat_client)
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "tokens_per_minute_exceeded"
     assert int(response["Retry-After"]) >= 1
     assert not openai_server.requests
-    assert tokens_this_minute(tenant=tenant).count == 0
+    assert tokens_this_minute(tenant=tenant).count == 99_990
     assert not Reservation.objects.exists()
     assert (
         not BudgetPeriod.objects.filter(tenant=tenant).exclude(reserved_nanos=0, tokens_reserved=0).exists()
