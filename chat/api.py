@@ -433,9 +433,7 @@ def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": result.answer},
-                "finish_reason": "stop"
-                if result.finish_reason in ("stop", "end_turn")
-                else result.finish_reason,
+                "finish_reason": result.finish_reason,
             }
         ],
         "usage": _openai_usage(result),
@@ -570,7 +568,8 @@ class ChatCompletionsView(IdempotentChatView):
                         response=completion_body(event, created),
                     )
                 served = {**base, "model": event.model}
-                yield sse(None, {**served, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                finish = {"index": 0, "delta": {}, "finish_reason": event.finish_reason}
+                yield sse(None, {**served, "choices": [finish]})
                 if include_usage:
                     yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
         yield "data: [DONE]\n\n"
@@ -594,7 +593,8 @@ def replayed_chunks(stored: dict[str, Any], include_usage: bool) -> Iterator[str
             ],
         },
     )
-    yield sse(None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    finish = {"index": 0, "delta": {}, "finish_reason": stored["choices"][0]["finish_reason"]}
+    yield sse(None, {**base, "choices": [finish]})
     if include_usage:
         yield sse(None, {**base, "choices": [], "usage": stored["usage"]})
     yield "data: [DONE]\n\n"

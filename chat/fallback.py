@@ -18,7 +18,7 @@ from django.conf import settings
 
 from billing.services import ModelNotPriced, ReservationHandle, budget_release
 from chat.circuit import circuit_allows, circuit_record_failure, circuit_record_success
-from chat.providers import Completion, ProviderError, ProviderRequest, Usage, provider_named
+from chat.providers import Completion, Finish, ProviderError, ProviderRequest, Usage, provider_named
 from monitoring.services import ATTEMPTS, TraceRecorder
 from tenants.errors import ApiError
 
@@ -148,11 +148,11 @@ def complete_call(target: Target, request: ProviderRequest) -> Completion:
 class OpenStream:
     """A stream whose first event has arrived: from here on the chain is committed to this target."""
 
-    first: str | Usage
-    rest: Iterator[str | Usage]
+    first: str | Usage | Finish
+    rest: Iterator[str | Usage | Finish]
     opened_at_ms: float
 
-    def events(self) -> Iterator[str | Usage]:
+    def events(self) -> Iterator[str | Usage | Finish]:
         return chain([self.first], self.rest)
 
 

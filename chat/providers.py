@@ -47,7 +47,29 @@ class Usage:
 class Completion:
     text: str
     usage: Usage
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # OpenAI's words for every provider: stop, length, content_filter...
+
+
+@dataclass(frozen=True)
+class Finish:
+    """A stream's event saying why the answer ended, in OpenAI's words."""
+
+    reason: str
+
+
+# Anthropic's stop reasons in OpenAI's words (finish_reason), which both APIs here speak.
+_ANTHROPIC_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+    "tool_use": "tool_calls",
+}
+
+
+def anthropic_finish_reason(stop_reason: str | None) -> str:
+    return _ANTHROPIC_FINISH_REASONS.get(stop_reason or "end_turn", stop_reason or "stop")
 
 
 class ProviderError(Exception):
@@ -172,8 +194,8 @@ class Provider(Protocol):
 
     def complete(self, request: ProviderRequest) -> Completion: ...
 
-    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
-        """Text deltas as they arrive, then one Usage if the provider reports it."""
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
+        """Text deltas as they arrive, a Finish, then one Usage if the provider reports it."""
         ...
 
 
@@ -285,7 +307,7 @@ class OpenAIProvider:
         except Exception as exc:
             raise classify(exc) from exc
 
-    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
         body = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
         try:
             chunks = self.client.post(
@@ -305,6 +327,7 @@ class OpenAIProvider:
                         yield delta["content"]
                     if choice.get("finish_reason"):
                         finished = True
+                        yield Finish(choice["finish_reason"])
                 if chunk.get("usage"):
                     yield self._usage(chunk["usage"])
         except ProviderError:
@@ -360,12 +383,12 @@ class AnthropicProvider:
             return Completion(
                 text,
                 Usage(usage.input_tokens, usage.cache_read_input_tokens or 0, usage.output_tokens),
-                response.stop_reason or "stop",
+                anthropic_finish_reason(response.stop_reason),
             )
         except Exception as exc:
             raise classify(exc) from exc
 
-    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
         input_tokens = cached = output_tokens = 0
         finished = False
         try:
@@ -380,6 +403,8 @@ class AnthropicProvider:
                     yield event.delta.text
                 elif event.type == "message_delta":
                     output_tokens = event.usage.output_tokens
+                    if event.delta.stop_reason:
+                        yield Finish(anthropic_finish_reason(event.delta.stop_reason))
                 elif event.type == "message_stop":
                     finished = True
         except Exception as exc:
@@ -440,11 +465,12 @@ class LocalProvider:
         text = self._answer(request)
         return Completion(text, self._usage(request, text))
 
-    def stream(self, request: ProviderRequest) -> Iterator[str | Usage]:
+    def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
         text = self._answer(request)
         words = text.split(" ")
         for index, word in enumerate(words):
             yield word if index == 0 else " " + word
+        yield Finish("stop")
         yield self._usage(request, text)
 
 

@@ -46,7 +46,7 @@ from chat.fallback import (
 )
 from chat.guards import StreamRedactor, injection_findings, redact
 from chat.models import ChatSettings, Conversation, GuardPolicy, Message
-from chat.providers import CONTEXT_MARKER, Completion, ProviderRequest, Usage
+from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, Usage
 from chat.retrieval import RetrievedChunk, retrieve
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens
@@ -800,6 +800,7 @@ def _relay(
     redactor = StreamRedactor(prepared.chat_settings.redact_output)
     delivered: list[str] = []
     usage: Usage | None = None
+    finish_reason = "stop"
     failure: ApiError | None = None
     stream_started = recorder.elapsed_ms()
     try:
@@ -807,6 +808,9 @@ def _relay(
         for event in served.result.events():
             if isinstance(event, Usage):
                 usage = event
+                continue
+            if isinstance(event, Finish):
+                finish_reason = event.reason
                 continue
             delivered.append(event)
             text = redactor.feed(event)
@@ -816,7 +820,7 @@ def _relay(
         _close_provider_stream(served.result)
         failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
         _settle_stream(
-            tenant, prepared, recorder, served, delivered, usage, failure, stream_started, redactor
+            tenant, prepared, recorder, served, delivered, usage, "error", failure, stream_started, redactor
         )
         raise
     except Exception as exc:  # the provider failed after the first token: end with an error event
@@ -827,7 +831,16 @@ def _relay(
     if tail:
         yield tail
     result = _settle_stream(
-        tenant, prepared, recorder, served, delivered, usage, failure, stream_started, redactor
+        tenant,
+        prepared,
+        recorder,
+        served,
+        delivered,
+        usage,
+        "error" if failure else finish_reason,
+        failure,
+        stream_started,
+        redactor,
     )
     yield StreamError(failure) if failure else result
 
@@ -847,6 +860,7 @@ def _settle_stream(
     served: Served[OpenStream],
     delivered: list[str],
     usage: Usage | None,
+    finish_reason: str,
     failure: ApiError | None,
     stream_started: float,
     redactor: StreamRedactor,
@@ -873,7 +887,7 @@ def _settle_stream(
             reservation=served.reservation,
             answer=redact(answer, prepared.chat_settings.redact_output)[0],
             usage=usage,
-            finish_reason="error" if failure else "stop",
+            finish_reason=finish_reason,
             attempts=served.attempts,
         )
     except Exception as exc:

@@ -41,6 +41,9 @@ class FakeLLMServer:
         self.usage = (25, 5, 8)  # uncached input, cached input, output
         self.hang_seconds = 3.0
         self.token_interval_seconds = 0.0  # a stream's pause between deltas, as a model generating
+        self.truncated = (
+            False  # the answer ends at max_tokens (finish_reason length / stop_reason max_tokens)
+        )
         self.connections = 0  # TCP connections accepted so far (a kept-alive one serves many requests)
         server = self
 
@@ -160,7 +163,7 @@ class FakeLLMServer:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": self.answer},
-                        "finish_reason": "stop",
+                        "finish_reason": "length" if self.truncated else "stop",
                         "logprobs": None,
                     }
                 ],
@@ -177,7 +180,7 @@ class FakeLLMServer:
             "role": "assistant",
             "model": body["model"],
             "content": [{"type": "text", "text": self.answer}],
-            "stop_reason": "end_turn",
+            "stop_reason": "max_tokens" if self.truncated else "end_turn",
             "stop_sequence": None,
             "usage": {
                 "input_tokens": uncached,
@@ -273,7 +276,14 @@ class FakeLLMServer:
         events.append(
             (
                 None,
-                json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                json.dumps(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {}, "finish_reason": "length" if self.truncated else "stop"}
+                        ],
+                    }
+                ),
                 False,
             )
         )
@@ -337,7 +347,10 @@ class FakeLLMServer:
                     json.dumps(
                         {
                             "type": "message_delta",
-                            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "delta": {
+                                "stop_reason": "max_tokens" if self.truncated else "end_turn",
+                                "stop_sequence": None,
+                            },
                             "usage": {"output_tokens": output},
                         }
                     ),

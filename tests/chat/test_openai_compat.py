@@ -49,6 +49,22 @@ def test_streaming_with_include_usage_through_the_openai_sdk(sdk, tenant, upstre
     assert UsageEntry.objects.filter(tenant=tenant).count() == 1
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_an_answer_cut_at_max_tokens_says_length_in_both_modes(sdk, upstreams, settings, provider):
+    """Anthropic's stop_reason max_tokens, like OpenAI's own, is finish_reason "length": a client can
+    tell a cut answer from a whole one, streamed or not."""
+    servers = dict(zip(["openai", "anthropic"], upstreams, strict=True))
+    servers[provider].truncated = True
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = [f"{provider}:{model}"]
+    completion = sdk.chat.completions.create(model=model, messages=QUESTION, max_tokens=8)
+    assert completion.choices[0].finish_reason == "length"
+    chunks = list(sdk.chat.completions.create(model=model, messages=QUESTION, max_tokens=8, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
+
+
 def test_streaming_without_usage_option_sends_no_usage_chunk(sdk, upstreams):
     chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, stream=True))
     assert all(chunk.usage is None for chunk in chunks)
