@@ -1,17 +1,23 @@
 """Idempotency-Key: a retry with the same key and body gets the stored response (no second call or
-charge); the same key with another body is refused (422); a retry while the first is running, 409."""
+charge); the same key with another body is refused (422); a retry while the first is running, 409.
+
+The keys live in Redis. Without it a request with a key is refused (503) rather than run without the
+promise it asked for; the rest of the API goes on without Redis (limits fail open)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 
-from tenants.errors import ApiError
+from tenants.errors import CACHE_ERRORS, ApiError
 from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 PENDING = "pending"
 
@@ -33,9 +39,18 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> dict[str
     """The stored response to replay, or None after claiming the key for this request."""
     cache_key = _key(tenant, key)
     claim = {"fingerprint": fingerprint, "state": PENDING}
-    if cache.add(cache_key, claim, int(settings.CHAT_REQUEST_TIMEOUT_SECONDS * 3)):
-        return None
-    existing = cache.get(cache_key) or {}
+    try:
+        if cache.add(cache_key, claim, settings.IDEMPOTENCY_PENDING_SECONDS):
+            return None
+        existing = cache.get(cache_key) or {}
+    except CACHE_ERRORS:
+        logger.exception("idempotency store unavailable; refusing a request with an Idempotency-Key")
+        raise ApiError(
+            "Idempotency-Key requests are unavailable right now (their store is down); retry shortly.",
+            status_code=503,
+            code="idempotency_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
     if existing.get("fingerprint") != fingerprint:
         raise ApiError(
             "This Idempotency-Key was used with a different request body.",
@@ -54,13 +69,21 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> dict[str
 
 
 def idempotency_complete(*, tenant: Tenant, key: str, fingerprint: str, response: dict[str, Any]) -> None:
-    cache.set(
-        _key(tenant, key),
-        {"fingerprint": fingerprint, "state": "done", "response": response},
-        settings.IDEMPOTENCY_TTL_SECONDS,
-    )
+    """Keeps the answer for replays. If Redis went away meanwhile the answer still goes out (it was
+    charged); the claim then expires and the ledger's request id keeps a rerun from charging again."""
+    try:
+        cache.set(
+            _key(tenant, key),
+            {"fingerprint": fingerprint, "state": "done", "response": response},
+            settings.IDEMPOTENCY_TTL_SECONDS,
+        )
+    except CACHE_ERRORS:
+        logger.exception("could not store an idempotent response; its claim expires on its own")
 
 
 def idempotency_abandon(*, tenant: Tenant, key: str) -> None:
     """The request failed: the key is free again, so the client's retry runs for real."""
-    cache.delete(_key(tenant, key))
+    try:
+        cache.delete(_key(tenant, key))
+    except CACHE_ERRORS:
+        logger.exception("could not free an Idempotency-Key; its claim expires on its own")

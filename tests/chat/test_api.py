@@ -89,6 +89,21 @@ def test_idempotency_key_replays_without_a_second_call_or_charge(tenant, chat_cl
     assert other.json()["error"]["code"] == "idempotency_key_reused"
 
 
+def test_without_redis_a_request_with_an_idempotency_key_is_503_and_one_without_is_answered(
+    tenant, chat_client, upstreams, settings
+):
+    openai_server, _ = upstreams
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    body = {"message": "What is the capital of France?"}
+    refused = chat_client.post("/api/v1/chat", body, format="json", HTTP_IDEMPOTENCY_KEY="order-43")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "idempotency_unavailable"
+    assert refused["Retry-After"]
+    assert not openai_server.requests
+    assert not UsageEntry.objects.exists()
+    assert chat_client.post("/api/v1/chat", body, format="json").status_code == 200  # limits fail open
+
+
 def test_exact_cache_serves_low_temperature_repeats_for_free(tenant, chat_client, upstreams):
     openai_server, _ = upstreams
     first = ask(chat_client, temperature=0).json()
