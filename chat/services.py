@@ -35,7 +35,7 @@ from billing.services import (
     usage_record,
 )
 from chat.documents import documents_cache, tenant_has_documents
-from chat.embeddings import embed_query
+from chat.embeddings import EmbeddingUnavailable, embed_query
 from chat.fallback import (
     OpenStream,
     Served,
@@ -455,7 +455,7 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
         )
         cache_key = "chat:exact:" + hashlib.sha256(material.encode()).hexdigest()
     semantic_key = None
-    vector = embed_query(params.message, tenant_id=tenant.pk)[0] if semantic_wanted else None
+    vector = _semantic_query_vector(tenant, params.message, recorder) if semantic_wanted else None
     # A question without content words has no direction to compare; with or without documents in the
     # prompt the answer differs.
     if vector is not None and np.any(vector):
@@ -518,6 +518,22 @@ def _add_context(
         context = f"{RAG_INSTRUCTION}\n\n{CONTEXT_MARKER}\n" + "\n\n".join(parts)
         messages.insert(len(messages) - 1, {"role": "system", "content": context})
     return [chunk.citation() for chunk in used]
+
+
+def _semantic_query_vector(tenant: Tenant, message: str, recorder: TraceRecorder) -> np.ndarray | None:
+    """The question's embedding for the semantic cache; None (no lookup, no store) when the
+    embeddings provider fails: the cache is an optimisation, the question is still answered."""
+    try:
+        return embed_query(message, tenant_id=tenant.pk)[0]
+    except EmbeddingUnavailable as exc:
+        recorder.add_span(
+            "semantic_cache",
+            start_ms=recorder.elapsed_ms(),
+            duration_ms=0,
+            status="skipped",
+            reason=str(exc.detail)[:300],
+        )
+        return None
 
 
 def _cached_answer(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder) -> dict[str, Any] | None:

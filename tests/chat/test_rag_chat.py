@@ -300,3 +300,32 @@ def test_bad_rag_and_semantic_inputs_are_refused(chat_client, tenant):
         chat_settings_update(tenant=tenant, actor="t", semantic_cache_threshold=0.1)
     tenant.chat_settings.refresh_from_db()
     assert tenant.chat_settings.semantic_cache_threshold == 0.95
+
+
+def test_embeddings_down_the_semantic_cache_is_skipped_and_the_question_answered(
+    tenant, chat_client, upstreams, settings, semantic_cache
+):
+    settings.EMBEDDING_BACKEND = "openai"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini"]
+    openai_server, _ = upstreams
+    openai_server.then("500")  # the query's embedding; the completion after it is fine
+    response = ask(chat_client, QUESTION, temperature=0)
+    assert response.status_code == 200, response.content
+    paths = [request["path"] for request in openai_server.requests]
+    assert paths == ["/v1/embeddings", "/v1/chat/completions"]  # one attempt at the embedding
+    assert spans(response.json()["trace_id"])["semantic_cache"]["status"] == "skipped"
+    assert not SemanticCacheEntry.objects.exists()
+
+
+def test_embeddings_down_a_question_over_the_documents_is_503_and_charges_nothing(
+    tenant, chat_client, upstreams, settings
+):
+    settings.EMBEDDING_BACKEND = "openai"
+    openai_server, _ = upstreams
+    openai_server.then("500")
+    response = ask(chat_client, QUESTION, rag=True)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "embeddings_unavailable"
+    assert response["Retry-After"]
+    assert [request["path"] for request in openai_server.requests] == ["/v1/embeddings"]
+    assert not UsageEntry.objects.exists()
