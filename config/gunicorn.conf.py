@@ -6,13 +6,29 @@ process serves several requests at once. Scale processes with cores, threads wit
 
 from __future__ import annotations
 
-import multiprocessing
+import math
 import os
+from pathlib import Path
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+
+
 # One process per core: a threaded worker uses at most one core (the GIL), and more processes only
 # spread the requests over colder ones (measured: same req/s at concurrency 16, lower latency at 1).
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota (cgroup
+    v2 cpu.max), which os.cpu_count() ignores (it would count the host's cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+workers = int(os.environ.get("WEB_CONCURRENCY", usable_cores()))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))

@@ -1,0 +1,34 @@
+"""config/gunicorn.conf.py: the worker count follows the cores the process may really use."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from tests.conftest import BASE_DIR
+
+
+def gunicorn_conf():
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", BASE_DIR / "config" / "gunicorn.conf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("max 100000\n", None),  # no quota: every core of the affinity mask
+        ("150000 100000\n", 2),  # 1.5 cores of quota: two processes
+        ("50000 100000\n", 1),
+        (None, None),  # no cgroup v2 file (not in a container, or cgroup v1)
+    ],
+)
+def test_workers_default_to_the_usable_cores(tmp_path, cpu_max, expected):
+    cores = len(os.sched_getaffinity(0))
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert gunicorn_conf().usable_cores(path) == min(cores, expected or cores)
