@@ -72,3 +72,19 @@ def embeddings_match_configuration(app_configs: Any, **kwargs: Any) -> list[Chec
                 )
             )
     return found
+
+
+@register()
+def default_fallback_chain_valid(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """CHAT_DEFAULT_FALLBACK_CHAIN entries are provider:model: a typo would otherwise surface only at
+    request time, as a 400 that reads like the client's fault."""
+    from chat.services import default_chain, validate_target
+    from tenants.errors import DomainError
+
+    found: list[CheckMessage] = []
+    for entry in default_chain():
+        try:
+            validate_target(entry)
+        except DomainError as exc:
+            found.append(Error(f"CHAT_DEFAULT_FALLBACK_CHAIN: {exc.message}", id="chat.E004"))
+    return found

@@ -435,3 +435,14 @@ def test_a_streamed_response_closed_early_settles_and_releases_its_reservation(
     assert BudgetPeriod.objects.get(tenant=tenant).reserved_nanos == 0
     trace = Trace.objects.get()
     assert (trace.status, trace.error) == ("error", "ApiError: The client disconnected.")
+
+
+def test_a_malformed_default_fallback_chain_is_refused_at_start_up(settings):
+    from django.core import checks
+
+    def check_ids() -> set[str]:
+        return {message.id for message in checks.run_checks() if message.id}
+
+    assert "chat.E004" not in check_ids()
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini", "opneai:gpt-4o"]
+    assert "chat.E004" in check_ids()
