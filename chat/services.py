@@ -690,7 +690,7 @@ def _finish(
     }
     # Both cache keys name the first target: an answer from a fallback (the local model during an
     # outage, say) is not what that target would say, and must not stand in for it once it is back.
-    cacheable = finish_reason != "error" and target == prepared.targets[0]
+    cacheable = finish_reason == "stop" and target == prepared.targets[0]  # whole answers only
     if prepared.cache_key is not None and cacheable:
         background.submit(partial(_exact_cache_store, prepared.cache_key, entry, prepared.chat_settings))
     if prepared.semantic_key is not None and cacheable:
@@ -819,46 +819,43 @@ def _relay(
     finish_reason = "stop"
     failure: ApiError | None = None
     stream_started = recorder.elapsed_ms()
+
+    def settle(finish: str) -> ChatResult:
+        return _settle_stream(
+            tenant, prepared, recorder, served, delivered, usage, finish, failure, stream_started, redactor
+        )
+
+    settled = False
     try:
         yield None
-        for event in served.result.events():
-            if isinstance(event, Usage):
-                usage = event
-                continue
-            if isinstance(event, Finish):
-                finish_reason = event.reason
-                continue
-            delivered.append(event)
-            text = redactor.feed(event)
-            if text:
-                yield text
-    except GeneratorExit:  # the client went away: charge what was generated, then stop
-        _close_provider_stream(served.result)
-        failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
-        _settle_stream(
-            tenant, prepared, recorder, served, delivered, usage, "error", failure, stream_started, redactor
-        )
+        try:
+            for event in served.result.events():
+                if isinstance(event, Usage):
+                    usage = event
+                    continue
+                if isinstance(event, Finish):
+                    finish_reason = event.reason
+                    continue
+                delivered.append(event)
+                text = redactor.feed(event)
+                if text:
+                    yield text
+        except Exception as exc:  # the provider failed after the first token: end with an error event
+            failure = ApiError(
+                f"The provider stream broke off: {exc}", status_code=502, code="stream_interrupted"
+            )
+        tail = redactor.flush()
+        if tail:
+            yield tail
+        result = settle("error" if failure else finish_reason)
+        settled = True
+        yield StreamError(failure) if failure else result
+    except GeneratorExit:  # the client went away at any yield: charge what was generated, then stop
+        if not settled:
+            _close_provider_stream(served.result)
+            failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
+            settle("error")
         raise
-    except Exception as exc:  # the provider failed after the first token: end with an error event
-        failure = ApiError(
-            f"The provider stream broke off: {exc}", status_code=502, code="stream_interrupted"
-        )
-    tail = redactor.flush()
-    if tail:
-        yield tail
-    result = _settle_stream(
-        tenant,
-        prepared,
-        recorder,
-        served,
-        delivered,
-        usage,
-        "error" if failure else finish_reason,
-        failure,
-        stream_started,
-        redactor,
-    )
-    yield StreamError(failure) if failure else result
 
 
 def _close_provider_stream(stream: OpenStream) -> None:

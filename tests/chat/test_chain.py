@@ -405,6 +405,23 @@ def test_a_client_leaving_mid_stream_is_charged_for_what_was_generated(tenant, u
     assert (trace.status, trace.error) == ("error", "ApiError: The client disconnected.")
 
 
+def test_a_client_leaving_at_the_last_chunk_of_a_redacted_stream_is_charged(tenant, upstreams):
+    """With output redaction the last word goes out after the provider's stream ended (it might have
+    become an e-mail address); a client gone right then still settles the call."""
+    from chat.services import ChatParams, chat_settings_update, chat_stream
+
+    openai_server, _ = upstreams
+    chat_settings_update(tenant=tenant, actor="t", redact_output=["email"])
+    events = chat_stream(tenant=tenant, params=ChatParams(endpoint="chat", message="Capital of France?"))
+    text = ""
+    while text != openai_server.answer:
+        text += next(events)  # the last piece is the held-back word, sent after the provider finished
+    events.close()
+    assert not Reservation.objects.exists()
+    assert UsageEntry.objects.get(tenant=tenant).output_tokens == 8  # the provider's own count
+    assert Trace.objects.get().error == "ApiError: The client disconnected."
+
+
 STREAMING_REQUESTS = {
     "/api/v1/chat": {"message": "What is the capital of France?", "stream": True},
     "/v1/chat/completions": {
