@@ -8,6 +8,7 @@ settings, so any OpenAI-compatible server works.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -63,6 +64,7 @@ _ANTHROPIC_FINISH_REASONS = {
     "stop_sequence": "stop",
     "pause_turn": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
     "refusal": "content_filter",
     "tool_use": "tool_calls",
 }
@@ -161,13 +163,12 @@ def classify(exc: Exception) -> ProviderError:
 # alike; a type not named here is taken for a failure on the provider's side, as it is mid-answer.
 _IN_STREAM_ERROR_KINDS = {
     "rate_limit_error": "rate_limited",
-    "rate_limit_exceeded": "rate_limited",
     "invalid_request_error": "bad_request",
     "request_too_large": "bad_request",
     "authentication_error": "config",
     "permission_error": "config",
     "not_found_error": "config",
-    "invalid_api_key": "config",
+    "billing_error": "config",  # the account, not the moment: the next target, no retry
 }
 
 
@@ -320,16 +321,19 @@ class OpenAIProvider:
             )
             finished = False
             chunk: Any
-            for chunk in chunks:
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        yield delta["content"]
-                    if choice.get("finish_reason"):
-                        finished = True
-                        yield Finish(choice["finish_reason"])
-                if chunk.get("usage"):
-                    yield self._usage(chunk["usage"])
+            # Closed when this generator is, the client gone included: the SDK's Stream holds a
+            # reference cycle, and would otherwise keep its connection until the cycle collector ran.
+            with contextlib.closing(chunks):
+                for chunk in chunks:
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield delta["content"]
+                        if choice.get("finish_reason"):
+                            finished = True
+                            yield Finish(choice["finish_reason"])
+                    if chunk.get("usage"):
+                        yield self._usage(chunk["usage"])
         except ProviderError:
             raise
         except Exception as exc:

@@ -17,7 +17,7 @@ def document_upload_bytes_limit() -> int:
 
 
 def request_bytes_limit(request: HttpRequest) -> int:
-    if request.method == "POST" and request.path.rstrip("/") == DOCUMENT_UPLOAD_PATH:
+    if request.method == "POST" and request.path_info.rstrip("/") == DOCUMENT_UPLOAD_PATH:
         return max(settings.API_MAX_REQUEST_BYTES, document_upload_bytes_limit())
     return settings.API_MAX_REQUEST_BYTES
 
