@@ -265,9 +265,10 @@ CHAT_HISTORY_TOKEN_BUDGET = env_int("CHAT_HISTORY_TOKEN_BUDGET", 3000)
 CHAT_CACHE_MAX_TEMPERATURE = float(env_str("CHAT_CACHE_MAX_TEMPERATURE", "0.2"))
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
 # How long a key stays claimed by a request still running (409 for its retries meanwhile): past a
-# default fallback chain that times out everywhere (two remote targets, two attempts each, 60 s).
-# A request whose process died, or a stream whose client left, keeps its key claimed that long.
-IDEMPOTENCY_PENDING_SECONDS = env_int("IDEMPOTENCY_PENDING_SECONDS", 300)
+# default fallback chain that times out everywhere (two remote targets, 1 + CHAT_MAX_RETRIES = 3
+# attempts each, 60 s, and the backoff). A request whose process died, or a stream whose client
+# left, keeps its key claimed that long.
+IDEMPOTENCY_PENDING_SECONDS = env_int("IDEMPOTENCY_PENDING_SECONDS", 420)
 
 # --- Documents, embeddings and retrieval (RAG) -----------------------------------------------------
 # One embedder and one vector size per deployment: chunks of different embedders are not comparable.
