@@ -852,6 +852,8 @@ def _relay(
         yield StreamError(failure) if failure else result
     except GeneratorExit:  # the client went away at any yield: charge what was generated, then stop
         if not settled:
+            if not delivered and isinstance(served.result.first, str):
+                delivered.append(served.result.first)  # closed at once: the provider sent this much
             _close_provider_stream(served.result)
             failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
             settle("error")

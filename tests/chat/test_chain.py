@@ -448,6 +448,7 @@ def test_a_streamed_response_closed_early_settles_and_releases_its_reservation(
     response.close()  # ends the request: Django closes the connection (hence transaction=True)
     assert not Reservation.objects.exists()
     entry = UsageEntry.objects.get(tenant=tenant)
+    assert entry.output_tokens > 0  # the first delta had arrived from the provider, read or not
     assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos > 0
     assert BudgetPeriod.objects.get(tenant=tenant).reserved_nanos == 0
     trace = Trace.objects.get()
