@@ -30,9 +30,21 @@ def body_fingerprint(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _generation_key(tenant: Tenant, key: str) -> str:
+    return f"idem-gen:{tenant.pk}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 def request_id_for(tenant: Tenant, key: str) -> str:
-    """A stable request id, so the ledger's (tenant, request id) uniqueness backs the key up."""
-    return "idem-" + hashlib.sha256(f"{tenant.pk}:{key}".encode()).hexdigest()[:40]
+    """The request id of the key's current run, so the ledger's (tenant, request id) uniqueness backs
+    the key up: a run whose process died after charging is not charged again when retried. A run
+    abandoned (failed, or charged for a stream that broke off) moves the key to its next generation,
+    so the retry, a new call to the provider, is charged as one."""
+    base = "idem-" + hashlib.sha256(f"{tenant.pk}:{key}".encode()).hexdigest()[:40]
+    try:
+        generation = int(cache.get(_generation_key(tenant, key)) or 0)
+    except CACHE_ERRORS:
+        generation = 0
+    return f"{base}-{generation}" if generation else base
 
 
 def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> dict[str, Any] | None:
@@ -82,8 +94,12 @@ def idempotency_complete(*, tenant: Tenant, key: str, fingerprint: str, response
 
 
 def idempotency_abandon(*, tenant: Tenant, key: str) -> None:
-    """The request failed: the key is free again, so the client's retry runs for real."""
+    """The request failed: the key is free again, so the client's retry runs for real (under the
+    key's next request id: what this run was charged stays charged, and so will the retry)."""
     try:
+        generation_key = _generation_key(tenant, key)
+        cache.add(generation_key, 0, settings.IDEMPOTENCY_TTL_SECONDS)
+        cache.incr(generation_key)
         cache.delete(_key(tenant, key))
     except CACHE_ERRORS:
         logger.exception("could not free an Idempotency-Key; its claim expires on its own")

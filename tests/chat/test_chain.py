@@ -280,6 +280,34 @@ def test_streams_are_charged_once_even_when_cut_or_without_usage(tenant, chat_cl
     assert BudgetPeriod.objects.get(tenant=tenant).spent_nanos == entry.cost_nanos
 
 
+def test_a_retry_of_a_stream_that_broke_off_is_a_new_call_charged_as_one(tenant, chat_client, upstreams):
+    """The broken stream was charged for what it delivered; the client's retry with the same
+    Idempotency-Key calls the provider again, so it is charged too (not deduplicated as the same
+    request by the ledger)."""
+    openai_server, _ = upstreams
+    openai_server.then("cut:3")
+    headers = {"HTTP_IDEMPOTENCY_KEY": "stream-7"}
+    body = {"message": "What is the capital of France?", "stream": True}
+    broken = parse_sse(
+        b"".join(chat_client.post("/api/v1/chat", body, format="json", **headers).streaming_content).decode()
+    )
+    assert broken[-1][0] == "error"
+    retried = parse_sse(
+        b"".join(chat_client.post("/api/v1/chat", body, format="json", **headers).streaming_content).decode()
+    )
+    assert retried[-1][0] == "done"
+    entries = UsageEntry.objects.filter(tenant=tenant)
+    assert len(openai_server.requests) == 2
+    assert entries.count() == 2
+    assert len({entry.request_id for entry in entries}) == 2
+    assert float(retried[-1][1]["usage"]["cost_usd"]) > 0
+    replayed = parse_sse(
+        b"".join(chat_client.post("/api/v1/chat", body, format="json", **headers).streaming_content).decode()
+    )
+    assert replayed[-1][1]["answer"] == retried[-1][1]["answer"]  # the completed run is the key's answer
+    assert len(openai_server.requests) == 2
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_stream_dropped_before_its_first_token_is_retried(
     tenant, chat_client, upstreams, settings, provider
