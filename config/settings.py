@@ -156,7 +156,13 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, rate limits, Celery broker ---------------------------------------------------------
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = env_str("REDIS_URL")
+if not REDIS_URL:
+    if not DEBUG:
+        # Rate limits, circuits and caches fail open without Redis: a deployment that forgot the
+        # setting would run with none of them, quietly, against a localhost that has no Redis.
+        raise ImproperlyConfigured("REDIS_URL must be set when DEBUG is off")
+    REDIS_URL = "redis://127.0.0.1:6379/0"
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",

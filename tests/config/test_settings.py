@@ -40,3 +40,15 @@ def test_production_refuses_to_start_without_secret_key(db):
     result = manage("check", DEBUG="0", DATABASE_URL=database_url_for_subprocesses())
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_production_refuses_to_start_without_redis_url(db):
+    result = manage(
+        "check",
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        DATABASE_URL=database_url_for_subprocesses(),
+        REDIS_URL="",
+    )
+    assert result.returncode != 0
+    assert "REDIS_URL must be set" in result.stderr
