@@ -820,9 +820,18 @@ def _relay(
     failure: ApiError | None = None
     stream_started = recorder.elapsed_ms()
 
-    def settle(finish: str) -> ChatResult:
+    def settle() -> ChatResult:
         return _settle_stream(
-            tenant, prepared, recorder, served, delivered, usage, finish, failure, stream_started, redactor
+            tenant,
+            prepared,
+            recorder,
+            served,
+            delivered,
+            usage,
+            finish_reason,
+            failure,
+            stream_started,
+            redactor,
         )
 
     settled = False
@@ -847,7 +856,7 @@ def _relay(
         tail = redactor.flush()
         if tail:
             yield tail
-        result = settle("error" if failure else finish_reason)
+        result = settle()
         settled = True
         yield StreamError(failure) if failure else result
     except GeneratorExit:  # the client went away at any yield: charge what was generated, then stop
@@ -856,7 +865,7 @@ def _relay(
                 delivered.append(served.result.first)  # closed at once: the provider sent this much
             _close_provider_stream(served.result)
             failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
-            settle("error")
+            settle()
         raise
 
 
@@ -880,7 +889,8 @@ def _settle_stream(
     stream_started: float,
     redactor: StreamRedactor,
 ) -> ChatResult:
-    """Charges the stream once: the provider's final usage, or what we counted when it was cut."""
+    """Charges the stream once: the provider's final usage, or what we counted when it was cut.
+    `finish_reason` is the provider's; with a `failure` the result's is "error"."""
     recorder.add_span(
         "stream",
         start_ms=stream_started,
@@ -902,7 +912,7 @@ def _settle_stream(
             reservation=served.reservation,
             answer=redact(answer, prepared.chat_settings.redact_output)[0],
             usage=usage,
-            finish_reason=finish_reason,
+            finish_reason="error" if failure else finish_reason,
             attempts=served.attempts,
         )
     except Exception as exc:
