@@ -21,6 +21,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from importlib.util import find_spec
@@ -31,6 +32,7 @@ import openai
 from django.conf import settings
 from django.core.cache import cache
 
+from chat.transport import deadline, sdk_http_client
 from tenants.errors import CACHE_ERRORS, ApiError
 
 
@@ -140,8 +142,6 @@ class OpenAIEmbedder:
 
     @functools.cached_property
     def client(self):  # type: ignore[no-untyped-def]
-        from chat.transport import sdk_http_client
-
         return openai.OpenAI(
             api_key=settings.OPENAI_API_KEY or "unset",
             base_url=settings.OPENAI_BASE_URL,
@@ -160,9 +160,16 @@ class OpenAIEmbedder:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         client = self.query_client if interactive else self.client
-        response = client.embeddings.create(
-            model=self.model, input=list(texts), dimensions=self.dimensions, encoding_format="float"
+        # A query's whole call ends within its timeout, not each wait for bytes (chat/transport.py).
+        within = (
+            deadline(time.monotonic() + settings.EMBEDDING_QUERY_TIMEOUT_SECONDS)
+            if interactive
+            else contextlib.nullcontext()
         )
+        with within:
+            response = client.embeddings.create(
+                model=self.model, input=list(texts), dimensions=self.dimensions, encoding_format="float"
+            )
         rows = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
         matrix = np.asarray(rows, dtype=np.float32)
         if matrix.shape != (len(texts), self.dimensions):

@@ -4,6 +4,12 @@ and `local`, offline and deterministic.
 The SDKs' own retries are off (max_retries=0): the fallback chain (chat/fallback.py) retries, so
 every attempt is counted, traced and fed to the circuit breaker. Base URLs and keys come from
 settings, so any OpenAI-compatible server works.
+
+Each attempt has a deadline, not only the SDKs' timeouts, which bound each wait for bytes (a server
+trickling bytes, or a stream sending only pings, would never trip them): an answer within
+CHAT_REQUEST_TIMEOUT_SECONDS; a stream's first token within CHAT_FIRST_TOKEN_TIMEOUT_SECONDS and all
+of it within CHAT_STREAM_TIMEOUT_SECONDS. The transport (chat/transport.py) cuts each wait short to
+the deadline.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anthropic
 import httpx2
@@ -23,9 +30,11 @@ from django.conf import settings
 
 from chat.embeddings import words
 from chat.tokens import estimate_message_tokens, estimate_tokens
-from chat.transport import sdk_http_client
+from chat.transport import deadline, sdk_http_client
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,9 @@ def classify(exc: Exception) -> ProviderError:
         return ProviderError("timeout", "the provider did not answer in time")
     if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
         return ProviderError("connection", f"could not reach the provider: {exc}")
-    if isinstance(exc, httpx2.TransportError):  # a stream dropped mid-way (anthropic's SDK lets it through)
+    if isinstance(exc, httpx2.TimeoutException):  # a stream's read (the SDKs let them through)
+        return ProviderError("timeout", "the provider stopped sending in time")
+    if isinstance(exc, httpx2.TransportError):  # a stream dropped mid-way (the SDKs let it through)
         return ProviderError("connection", f"the connection to the provider broke: {exc}")
     if isinstance(exc, anthropic.APIStatusError) and exc.status_code < 400:
         return _in_stream_error(exc.body)  # an `error` event in a stream that began with HTTP 200
@@ -205,6 +216,56 @@ def _stream_timeout() -> openai.Timeout:
     return openai.Timeout(
         settings.CHAT_FIRST_TOKEN_TIMEOUT_SECONDS, connect=settings.CHAT_CONNECT_TIMEOUT_SECONDS
     )
+
+
+def _answer_deadline() -> float:
+    return time.monotonic() + settings.CHAT_REQUEST_TIMEOUT_SECONDS
+
+
+class StreamClock:
+    """One streamed attempt's deadlines, from its start: the first token within
+    CHAT_FIRST_TOKEN_TIMEOUT_SECONDS, the whole stream within CHAT_STREAM_TIMEOUT_SECONDS. The
+    provider calls `answering()` as it yields its first text."""
+
+    def __init__(self) -> None:
+        started = time.monotonic()
+        self.first_token_by = started + settings.CHAT_FIRST_TOKEN_TIMEOUT_SECONDS
+        self.ends_by = started + settings.CHAT_STREAM_TIMEOUT_SECONDS
+        self.answered = False
+
+    def answering(self) -> None:
+        self.answered = True
+
+    @property
+    def due(self) -> float:
+        return self.ends_by if self.answered else min(self.first_token_by, self.ends_by)
+
+    def expired(self) -> ProviderError:
+        if self.answered:
+            limit = f"the stream ran past its limit of {settings.CHAT_STREAM_TIMEOUT_SECONDS:g} s"
+        else:
+            limit = f"no first token within {settings.CHAT_FIRST_TOKEN_TIMEOUT_SECONDS:g} s"
+        return ProviderError("timeout", limit)
+
+    def paced(self, events: Iterable[T]) -> Iterator[T]:
+        """`events`, each read by the deadline that holds at the time (the transport cuts the wait
+        short; the block around `next` ends before the `yield`, as `deadline` requires). An event
+        arriving past it (on the httpx transport, which cannot cut a wait) is a timeout too."""
+        iterator = iter(events)
+        while True:
+            due = self.due
+            with deadline(due):
+                try:
+                    event = next(iterator)
+                except StopIteration:
+                    return
+                except (httpx2.TimeoutException, openai.APITimeoutError, anthropic.APITimeoutError) as exc:
+                    if time.monotonic() >= due:
+                        raise self.expired() from exc
+                    raise
+            if time.monotonic() > due:
+                raise self.expired()
+            yield event
 
 
 # One client (and connection pool) per configuration, shared by the process's threads. Both SDKs
@@ -296,7 +357,10 @@ class OpenAIProvider:
     # KeyError/TypeError, which `classify` reports as malformed.
     def complete(self, request: ProviderRequest) -> Completion:
         try:
-            response: Any = self.client.post("/chat/completions", body=self._params(request), cast_to=object)
+            with deadline(_answer_deadline()):
+                response: Any = self.client.post(
+                    "/chat/completions", body=self._params(request), cast_to=object
+                )
             choice = response["choices"][0]
             if not response.get("usage"):
                 raise ProviderError("malformed", "the provider reported no usage")
@@ -310,24 +374,27 @@ class OpenAIProvider:
 
     def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
         body = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
+        clock = StreamClock()
         try:
-            chunks = self.client.post(
-                "/chat/completions",
-                body=body,
-                cast_to=object,
-                options={"timeout": _stream_timeout()},
-                stream=True,
-                stream_cls=ReusableStream,
-            )
+            with deadline(clock.due):
+                chunks = self.client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=object,
+                    options={"timeout": _stream_timeout()},
+                    stream=True,
+                    stream_cls=ReusableStream,
+                )
             finished = False
             chunk: Any
             # Closed when this generator is, the client gone included: the SDK's Stream holds a
             # reference cycle, and would otherwise keep its connection until the cycle collector ran.
             with contextlib.closing(chunks):
-                for chunk in chunks:
+                for chunk in clock.paced(chunks):
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         if delta.get("content"):
+                            clock.answering()
                             yield delta["content"]
                         if choice.get("finish_reason"):
                             finished = True
@@ -381,7 +448,8 @@ class AnthropicProvider:
 
     def complete(self, request: ProviderRequest) -> Completion:
         try:
-            response = self.client.messages.create(**self._params(request))
+            with deadline(_answer_deadline()):
+                response = self.client.messages.create(**self._params(request))
             text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
             usage = response.usage
             return Completion(
@@ -395,15 +463,18 @@ class AnthropicProvider:
     def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
         input_tokens = cached = output_tokens = 0
         finished = False
+        clock = StreamClock()
         try:
-            events = self.client.messages.create(
-                **self._params(request), stream=True, timeout=_stream_timeout()
-            )
-            for event in events:
+            with deadline(clock.due):
+                events = self.client.messages.create(
+                    **self._params(request), stream=True, timeout=_stream_timeout()
+                )
+            for event in clock.paced(events):
                 if event.type == "message_start":
                     usage = event.message.usage
                     input_tokens, cached = usage.input_tokens, usage.cache_read_input_tokens or 0
                 elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
+                    clock.answering()
                     yield event.delta.text
                 elif event.type == "message_delta":
                     output_tokens = event.usage.output_tokens

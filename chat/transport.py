@@ -10,14 +10,18 @@ streaming.
 HTTP/1.1 only, one request per connection at a time, idle connections kept per origin for
 KEEPALIVE_EXPIRY_SECONDS (httpx2's default) and dropped sooner when the server has closed them.
 Timeouts come from the request, as httpx2 sets them: `connect` for the TCP and TLS handshake,
-`write` for sending, `read` for each wait for bytes. Failures surface as httpx2's exceptions, which
+`write` for sending, `read` for each wait for bytes. Those bound each wait, not the whole exchange: a
+server dripping a byte at a time would never trip them. So a caller may also set a deadline for
+everything it sends and reads in a block (`deadline`): each wait is cut short to what is left of it,
+and a wait past it fails as that phase's timeout. Failures surface as httpx2's exceptions, which
 the SDKs turn into their connection and timeout errors. Proxies are not handled here: httpx2 reads
 them from the environment only for its own transport, so chat/providers.py uses that one when the
-environment names a proxy.
+environment names a proxy (and only per-wait timeouts hold there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
@@ -40,6 +44,35 @@ KEEPALIVE_EXPIRY_SECONDS = 5.0  # a NAT or load balancer may forget an idle flow
 def _timeouts(request: httpx2.Request) -> tuple[float | None, float | None, float | None]:
     timeout: dict[str, float | None] = request.extensions.get("timeout", {})
     return timeout.get("connect"), timeout.get("write"), timeout.get("read")
+
+
+_deadlines = threading.local()
+
+
+@contextlib.contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Every wait of this thread's requests in the block (connecting, sending, reading) ends by `at`
+    (time.monotonic()) at the latest, and one that would go past it fails as that phase's timeout.
+    Within an outer block the earlier deadline holds. The block must not span a `yield`: the
+    deadline belongs to the thread, and would hold for whatever else it ran in between."""
+    outer: float | None = getattr(_deadlines, "at", None)
+    _deadlines.at = at if outer is None else min(at, outer)
+    try:
+        yield
+    finally:
+        _deadlines.at = outer
+
+
+def _bounded(timeout: float | None, expired: type[httpx2.TimeoutException], phase: str) -> float | None:
+    """`timeout` for the next wait, cut to what is left of the thread's deadline; raises `expired`
+    if nothing is."""
+    at: float | None = getattr(_deadlines, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise expired(f"the deadline passed {phase}")
+    return left if timeout is None else min(timeout, left)
 
 
 def _is_dropped(connection: http.client.HTTPConnection) -> bool:
@@ -83,15 +116,25 @@ class _ResponseStream(httpx2.SyncByteStream):
         origin: Origin,
         connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
+        read_timeout: float | None,
     ) -> None:
         self.transport, self.origin = transport, origin
         self.connection, self.response = connection, response
+        self.read_timeout = read_timeout
         self.failed = False
         self.closed = False
 
+    def _read(self) -> bytes:
+        """The next bytes of the body; each wait bounded by the read timeout and the deadline of the
+        block the caller reads in (a stream's body is read after the request's block has ended)."""
+        sock = self.connection.sock
+        if sock is not None:
+            sock.settimeout(_bounded(self.read_timeout, httpx2.ReadTimeout, "while reading the response"))
+        return self.response.read1(READ_CHUNK_BYTES)
+
     def __iter__(self) -> Iterator[bytes]:
         try:
-            while chunk := self.response.read1(READ_CHUNK_BYTES):
+            while chunk := self._read():
                 yield chunk
             if self.response.length:  # http.client ends a Content-Length body at EOF without a word
                 raise http.client.IncompleteRead(b"", self.response.length)
@@ -178,7 +221,9 @@ class StdlibTransport(httpx2.BaseTransport):
         url = request.url
         origin: Origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         connect_timeout, write_timeout, read_timeout = _timeouts(request)
-        connection = self._checkout(origin) or self._connect(origin, connect_timeout)
+        connection = self._checkout(origin) or self._connect(
+            origin, _bounded(connect_timeout, httpx2.ConnectTimeout, "before connecting")
+        )
         try:
             response = self._exchange(connection, request, write_timeout, read_timeout)
         except BaseException:
@@ -188,7 +233,7 @@ class StdlibTransport(httpx2.BaseTransport):
         return httpx2.Response(
             response.status,
             headers=headers,
-            stream=_ResponseStream(self, origin, connection, response),
+            stream=_ResponseStream(self, origin, connection, response, read_timeout),
             extensions={
                 "http_version": b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1",
                 "reason_phrase": response.reason.encode("latin-1"),
@@ -206,7 +251,7 @@ class StdlibTransport(httpx2.BaseTransport):
         target = request.url.raw_path.decode("ascii")
         chunked = request.headers.get("Transfer-Encoding", "").lower() == "chunked"
         try:
-            sock.settimeout(write_timeout)
+            sock.settimeout(_bounded(write_timeout, httpx2.WriteTimeout, "before sending the request"))
             connection.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
             for name, value in request.headers.raw:  # httpx2's own, Host and Content-Length included
                 connection.putheader(name, value)
@@ -218,17 +263,19 @@ class StdlibTransport(httpx2.BaseTransport):
             # A server may answer (413, 400) and close before taking the whole body: its answer,
             # when it can still be read, says more than the broken pipe (httpcore2 does the same).
             try:
-                sock.settimeout(read_timeout)
+                sock.settimeout(_bounded(read_timeout, httpx2.ReadTimeout, "before the response"))
                 early = connection.getresponse()
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException, httpx2.TimeoutException):
                 raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
             early.will_close = True  # the body was cut short: the connection can carry nothing else
             return early
         except (http.client.HTTPException, ValueError) as exc:  # a header or target http.client refuses
             raise httpx2.LocalProtocolError(str(exc) or type(exc).__name__) from exc
         try:
-            sock.settimeout(read_timeout)
-            return connection.getresponse()
+            sock.settimeout(_bounded(read_timeout, httpx2.ReadTimeout, "before the response"))
+            response = connection.getresponse()
+            _bounded(None, httpx2.ReadTimeout, "while reading the response's headers")  # they may trickle
+            return response
         except TimeoutError as exc:
             raise httpx2.ReadTimeout(str(exc) or "timed out waiting for the response") from exc
         except http.client.RemoteDisconnected as exc:

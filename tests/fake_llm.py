@@ -5,6 +5,9 @@ formats, for the real SDKs to talk to. Each server plays a script of behaviours,
     ok | hang | 429 | 500 | 529 | 400 | 401 | malformed | cut:N (stream N deltas, then drop) | no_usage
     | reset_after_done (a whole stream, then the connection dropped before the end of the message)
     | overloaded_event (a stream that starts, then reports the provider overloaded in an error event)
+    | drip (the answer trickled out over `hang_seconds`, no gap long enough for a read timeout)
+    | pings (a stream that keeps its connection busy for `hang_seconds` before the first token: SSE
+      comments from OpenAI, `ping` events from Anthropic, as each sends them)
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class FakeLLMServer:
         self.requests: list[dict[str, Any]] = []
         self.answer = DEFAULT_ANSWER
         self.usage = (25, 5, 8)  # uncached input, cached input, output
-        self.hang_seconds = 3.0
+        self.hang_seconds = 3.0  # of `hang`, `drip` and `pings`
+        self.trickle_pieces = 15  # `drip` and `pings` send that many pieces over hang_seconds
         self.token_interval_seconds = 0.0  # a stream's pause between deltas, as a model generating
         self.truncated = (
             False  # the answer ends at max_tokens (finish_reason length / stop_reason max_tokens)
@@ -89,10 +93,29 @@ class FakeLLMServer:
         if behaviour == "malformed":
             return self._raw(handler, 200, b'{"id": "x", "choices": [', "application/json")
         if handler.path.endswith("/embeddings"):
-            return self._raw(handler, 200, json.dumps(self._embeddings(body)).encode(), "application/json")
-        if body.get("stream"):
+            payload = json.dumps(self._embeddings(body)).encode()
+        elif body.get("stream"):
             return self._stream(handler, behaviour, body)
-        return self._raw(handler, 200, json.dumps(self._message(body)).encode(), "application/json")
+        else:
+            payload = json.dumps(self._message(body)).encode()
+        if behaviour == "drip":
+            return self._drip(handler, payload)
+        return self._raw(handler, 200, payload, "application/json")
+
+    def _pause(self) -> None:
+        time.sleep(self.hang_seconds / self.trickle_pieces)
+
+    def _drip(self, handler: BaseHTTPRequestHandler, payload: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.flush()
+        size = -(-len(payload) // self.trickle_pieces)
+        for start in range(0, len(payload), size):
+            self._pause()
+            handler.wfile.write(payload[start : start + size])
+            handler.wfile.flush()
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         """OpenAI's embeddings response; vectors from the hashing embedder (deterministic, lexical),
@@ -207,8 +230,18 @@ class FakeLLMServer:
         )
         if behaviour == "overloaded_event":  # HTTP 200 already sent: the error comes as an event
             events = [events[0], self._error_event()]
+        if behaviour == "pings":  # after the stream's opening event, before its first token
+            ping = (
+                b": keep-alive\n\n" if self.kind == "openai" else b'event: ping\ndata: {"type": "ping"}\n\n'
+            )
+            events = [events[0], *[("ping", "", False)] * self.trickle_pieces, *events[1:]]
         sent_deltas = 0
         for name, data, is_delta in events:
+            if name == "ping":
+                self._pause()
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(ping), ping))
+                handler.wfile.flush()
+                continue
             if cut is not None and is_delta and sent_deltas == cut:
                 handler.wfile.flush()
                 handler.connection.shutdown(2)  # drop the connection mid-stream

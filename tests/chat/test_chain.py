@@ -101,6 +101,70 @@ def test_timeouts_fall_back_to_anthropic(tenant, chat_client, upstreams):
     assert UsageEntry.objects.get(tenant=tenant).model == "claude-haiku-4-5"
 
 
+def provider_errors(trace_id: str) -> list[str]:
+    return [
+        span.attributes.get("error", "")
+        for span in Span.objects.filter(trace_id=trace_id, name="provider").order_by("ordinal")
+    ]
+
+
+def only(provider: str, upstreams, settings):
+    """The chain `provider` then the local model, no retries; the provider's fake server."""
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = [f"{provider}:{model}", "local:local"]
+    settings.CHAT_MAX_RETRIES = 0
+    return upstreams[0] if provider == "openai" else upstreams[1]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_an_answer_trickling_past_the_request_timeout_falls_back(
+    tenant, chat_client, upstreams, settings, provider
+):
+    """Each piece of the answer comes well within the per-read timeout (1 s); the whole answer does
+    not come within CHAT_REQUEST_TIMEOUT_SECONDS (1 s), so the attempt times out."""
+    server = only(provider, upstreams, settings)
+    server.then("drip")  # 3 s in 15 pieces
+    response = ask(chat_client)
+    assert response.json()["provider"] == "local"
+    assert provider_spans(response) == [(provider, "error", "timeout"), ("local", "ok", "")]
+    assert_settled_once(tenant, response)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_stream_of_pings_without_a_first_token_falls_back(
+    tenant, chat_client, upstreams, settings, provider
+):
+    server = only(provider, upstreams, settings)
+    server.then("pings")  # 3 s of keep-alives, one every 0.2 s, before the first token
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    name, done = events[-1]
+    assert (name, done["provider"]) == ("done", "local")
+    assert attempts_of(done["trace_id"]) == [(provider, "error", "timeout"), ("local", "ok", "")]
+    assert "no first token within 1 s" in provider_errors(done["trace_id"])[0]
+    assert UsageEntry.objects.get(tenant=tenant).provider == "local"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_stream_running_past_its_limit_ends_with_an_error_and_is_charged_for_what_it_sent(
+    tenant, chat_client, upstreams, settings, provider
+):
+    server = only(provider, upstreams, settings)
+    settings.CHAT_STREAM_TIMEOUT_SECONDS = 1.0
+    server.token_interval_seconds = 0.3  # six words: 1.5 s in all
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    deltas = "".join(data["text"] for name, data in events if name == "delta")
+    name, final = events[-1]
+    assert (name, final["error"]["code"]) == ("error", "stream_interrupted")
+    assert "ran past its limit of 1 s" in final["error"]["message"]
+    assert deltas
+    assert "Paris is the capital of France.".startswith(deltas)
+    assert deltas != "Paris is the capital of France."
+    entry = UsageEntry.objects.get(tenant=tenant)
+    assert entry.provider == provider
+    assert entry.output_tokens == (len(deltas) + 3) // 4  # what was delivered, counted by us
+    assert not Reservation.objects.exists()
+
+
 def test_malformed_json_falls_back_without_retry_and_529_reaches_local(tenant, chat_client, upstreams):
     openai_server, anthropic_server = upstreams
     openai_server.then("malformed")

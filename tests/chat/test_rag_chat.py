@@ -329,3 +329,16 @@ def test_embeddings_down_a_question_over_the_documents_is_503_and_charges_nothin
     assert response["Retry-After"]
     assert [request["path"] for request in openai_server.requests] == ["/v1/embeddings"]
     assert not UsageEntry.objects.exists()
+
+
+def test_a_query_embedding_trickling_past_its_timeout_is_503(tenant, chat_client, upstreams, settings):
+    """Every piece of the embedding comes well within a read timeout; the whole of it does not come
+    within EMBEDDING_QUERY_TIMEOUT_SECONDS, which bounds the call, not each wait."""
+    settings.EMBEDDING_BACKEND = "openai"
+    settings.EMBEDDING_QUERY_TIMEOUT_SECONDS = 0.5
+    openai_server, _ = upstreams
+    openai_server.then("drip")  # 3 s in 15 pieces
+    response = ask(chat_client, QUESTION, rag=True)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "embeddings_unavailable"
+    assert not UsageEntry.objects.exists()

@@ -304,6 +304,49 @@ def test_a_slow_server_is_a_read_timeout():
         client.get(url)
 
 
+def test_a_deadline_ends_a_trickling_body_that_no_read_timeout_would():
+    """Each byte comes well within the read timeout, so without a deadline the body arrives whole;
+    within one, the wait for the rest is cut at the deadline."""
+
+    def trickle(conn: socket.socket) -> None:
+        while True:
+            read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+            for _ in range(20):
+                time.sleep(0.05)
+                conn.sendall(b"x")
+
+    transport = StdlibTransport()
+    with (
+        raw_server(trickle) as (url, accepted),
+        httpx2.Client(transport=transport, timeout=httpx2.Timeout(0.5)) as client,
+    ):
+        assert client.get(url).content == b"x" * 20
+        with transport_module.deadline(time.monotonic() + 0.3), pytest.raises(httpx2.ReadTimeout):
+            client.get(url)
+        assert client.get(url).content == b"x" * 20  # the deadline ended with its block
+    assert len(accepted) == 2  # the connection cut mid-body was not reused
+
+
+def test_a_deadline_bounds_the_wait_for_the_response_and_an_inner_one_cannot_extend_it():
+    def silent(conn: socket.socket) -> None:
+        read_request(conn)
+        time.sleep(2)
+
+    with (
+        raw_server(silent) as (url, _),
+        httpx2.Client(transport=StdlibTransport(), timeout=httpx2.Timeout(5)) as client,
+    ):
+        with transport_module.deadline(time.monotonic() + 0.2), pytest.raises(httpx2.ReadTimeout):
+            client.get(url)
+        with (
+            transport_module.deadline(time.monotonic() - 1),
+            transport_module.deadline(time.monotonic() + 60),
+            pytest.raises(httpx2.ConnectTimeout, match="deadline passed before connecting"),
+        ):
+            client.get(url)
+
+
 def test_nothing_listening_is_a_connect_error(client):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
