@@ -8,8 +8,9 @@ settings, so any OpenAI-compatible server works.
 Each attempt has a deadline, not only the SDKs' timeouts, which bound each wait for bytes (a server
 trickling bytes, or a stream sending only pings, would never trip them): an answer within
 CHAT_REQUEST_TIMEOUT_SECONDS; a stream's first token within CHAT_FIRST_TOKEN_TIMEOUT_SECONDS and all
-of it within CHAT_STREAM_TIMEOUT_SECONDS. The transport (chat/transport.py) cuts each wait short to
-the deadline.
+of it within CHAT_STREAM_TIMEOUT_SECONDS. The stdlib transport (chat/transport.py, the default) cuts
+each wait short to the deadline; on httpx2's own (PROVIDER_HTTP_TRANSPORT=httpx, or a proxy) a
+stream's event that arrives late is a timeout, and each wait ends only at the per-read timeout.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def _answer_deadline() -> float:
 class StreamClock:
     """One streamed attempt's deadlines, from its start: the first token within
     CHAT_FIRST_TOKEN_TIMEOUT_SECONDS, the whole stream within CHAT_STREAM_TIMEOUT_SECONDS. The
-    provider calls `answering()` as it yields its first text."""
+    provider calls `answering()` at the first event that carries generated output, text or not (a
+    reasoning or tool delta; the finish of an empty answer), never at pings or the opening event."""
 
     def __init__(self) -> None:
         started = time.monotonic()
@@ -241,10 +243,10 @@ class StreamClock:
         return self.ends_by if self.answered else min(self.first_token_by, self.ends_by)
 
     def expired(self) -> ProviderError:
-        if self.answered:
-            limit = f"the stream ran past its limit of {settings.CHAT_STREAM_TIMEOUT_SECONDS:g} s"
-        else:
+        if not self.answered and self.first_token_by <= self.ends_by:
             limit = f"no first token within {settings.CHAT_FIRST_TOKEN_TIMEOUT_SECONDS:g} s"
+        else:
+            limit = f"the stream ran past its limit of {settings.CHAT_STREAM_TIMEOUT_SECONDS:g} s"
         return ProviderError("timeout", limit)
 
     def paced(self, events: Iterable[T]) -> Iterator[T]:
@@ -393,11 +395,13 @@ class OpenAIProvider:
                 for chunk in clock.paced(chunks):
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
+                        if any(value for field, value in delta.items() if field != "role"):
+                            clock.answering()  # text, or reasoning, a refusal, a tool call
                         if delta.get("content"):
-                            clock.answering()
                             yield delta["content"]
                         if choice.get("finish_reason"):
                             finished = True
+                            clock.answering()
                             yield Finish(choice["finish_reason"])
                     if chunk.get("usage"):
                         yield self._usage(chunk["usage"])
@@ -469,19 +473,22 @@ class AnthropicProvider:
                 events = self.client.messages.create(
                     **self._params(request), stream=True, timeout=_stream_timeout()
                 )
-            for event in clock.paced(events):
-                if event.type == "message_start":
-                    usage = event.message.usage
-                    input_tokens, cached = usage.input_tokens, usage.cache_read_input_tokens or 0
-                elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
-                    clock.answering()
-                    yield event.delta.text
-                elif event.type == "message_delta":
-                    output_tokens = event.usage.output_tokens
-                    if event.delta.stop_reason:
-                        yield Finish(anthropic_finish_reason(event.delta.stop_reason))
-                elif event.type == "message_stop":
-                    finished = True
+            with contextlib.closing(events):  # as OpenAI's: its connection back at once, even cut short
+                for event in clock.paced(events):
+                    if event.type == "message_start":
+                        usage = event.message.usage
+                        input_tokens, cached = usage.input_tokens, usage.cache_read_input_tokens or 0
+                    elif event.type == "content_block_delta":  # text, thinking, a tool's input
+                        clock.answering()
+                        if getattr(event.delta, "type", "") == "text_delta":
+                            yield event.delta.text
+                    elif event.type == "message_delta":
+                        output_tokens = event.usage.output_tokens
+                        if event.delta.stop_reason:
+                            clock.answering()
+                            yield Finish(anthropic_finish_reason(event.delta.stop_reason))
+                    elif event.type == "message_stop":
+                        finished = True
         except Exception as exc:
             raise classify(exc) from exc
         if not finished:  # Anthropic always ends with message_stop: without it the answer is cut

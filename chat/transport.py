@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import socket
 import ssl
 import threading
@@ -87,10 +88,38 @@ def _is_dropped(connection: http.client.HTTPConnection) -> bool:
         return True
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket under a response, each wait for bytes bounded by the read timeout in force when
+    the response began and cut to the thread's deadline: http.client reads the headers and a chunked
+    body's framing a line at a time, so one of its calls can wait many times."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.raw = sock.makefile("rb", buffering=0)
+        self.wait_seconds = sock.gettimeout()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self.sock.settimeout(_bounded(self.wait_seconds, httpx2.ReadTimeout, "while reading the response"))
+        return self.raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
 class _FinalResponse(http.client.HTTPResponse):
-    """http.client skips a `100 Continue` before the response; this skips every interim (1xx)
-    response, as httpcore2 does. Otherwise a `103 Early Hints` would pass for the answer and the
-    real one would be read by the next request on the connection."""
+    """Read through a _DeadlineReader. http.client skips a `100 Continue` before the response; this
+    skips every interim (1xx) response, as httpcore2 does. Otherwise a `103 Early Hints` would pass
+    for the answer and the real one would be read by the next request on the connection."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the plain file http.client made
+        self.fp = io.BufferedReader(_DeadlineReader(sock))
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
@@ -116,25 +145,17 @@ class _ResponseStream(httpx2.SyncByteStream):
         origin: Origin,
         connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
-        read_timeout: float | None,
     ) -> None:
         self.transport, self.origin = transport, origin
         self.connection, self.response = connection, response
-        self.read_timeout = read_timeout
         self.failed = False
         self.closed = False
 
-    def _read(self) -> bytes:
-        """The next bytes of the body; each wait bounded by the read timeout and the deadline of the
-        block the caller reads in (a stream's body is read after the request's block has ended)."""
-        sock = self.connection.sock
-        if sock is not None:
-            sock.settimeout(_bounded(self.read_timeout, httpx2.ReadTimeout, "while reading the response"))
-        return self.response.read1(READ_CHUNK_BYTES)
-
     def __iter__(self) -> Iterator[bytes]:
+        # Each wait is cut to the deadline of the block the caller reads in (_DeadlineReader): a
+        # stream's body is read after the block of its request has ended.
         try:
-            while chunk := self._read():
+            while chunk := self.response.read1(READ_CHUNK_BYTES):
                 yield chunk
             if self.response.length:  # http.client ends a Content-Length body at EOF without a word
                 raise http.client.IncompleteRead(b"", self.response.length)
@@ -233,7 +254,7 @@ class StdlibTransport(httpx2.BaseTransport):
         return httpx2.Response(
             response.status,
             headers=headers,
-            stream=_ResponseStream(self, origin, connection, response, read_timeout),
+            stream=_ResponseStream(self, origin, connection, response),
             extensions={
                 "http_version": b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1",
                 "reason_phrase": response.reason.encode("latin-1"),
@@ -263,7 +284,7 @@ class StdlibTransport(httpx2.BaseTransport):
             # A server may answer (413, 400) and close before taking the whole body: its answer,
             # when it can still be read, says more than the broken pipe (httpcore2 does the same).
             try:
-                sock.settimeout(_bounded(read_timeout, httpx2.ReadTimeout, "before the response"))
+                sock.settimeout(read_timeout)  # each wait of the response: _DeadlineReader
                 early = connection.getresponse()
             except (OSError, http.client.HTTPException, httpx2.TimeoutException):
                 raise httpx2.WriteError(str(exc) or type(exc).__name__) from exc
@@ -272,10 +293,8 @@ class StdlibTransport(httpx2.BaseTransport):
         except (http.client.HTTPException, ValueError) as exc:  # a header or target http.client refuses
             raise httpx2.LocalProtocolError(str(exc) or type(exc).__name__) from exc
         try:
-            sock.settimeout(_bounded(read_timeout, httpx2.ReadTimeout, "before the response"))
-            response = connection.getresponse()
-            _bounded(None, httpx2.ReadTimeout, "while reading the response's headers")  # they may trickle
-            return response
+            sock.settimeout(read_timeout)  # each wait of the response: _DeadlineReader
+            return connection.getresponse()
         except TimeoutError as exc:
             raise httpx2.ReadTimeout(str(exc) or "timed out waiting for the response") from exc
         except http.client.RemoteDisconnected as exc:

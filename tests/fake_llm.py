@@ -8,6 +8,8 @@ formats, for the real SDKs to talk to. Each server plays a script of behaviours,
     | drip (the answer trickled out over `hang_seconds`, no gap long enough for a read timeout)
     | pings (a stream that keeps its connection busy for `hang_seconds` before the first token: SSE
       comments from OpenAI, `ping` events from Anthropic, as each sends them)
+    | reasoning (OpenAI-compatible: `reasoning_content` deltas for `hang_seconds` before the answer,
+      as DeepSeek's and vLLM's reasoning models stream their thinking)
 """
 
 from __future__ import annotations
@@ -235,8 +237,17 @@ class FakeLLMServer:
                 b": keep-alive\n\n" if self.kind == "openai" else b'event: ping\ndata: {"type": "ping"}\n\n'
             )
             events = [events[0], *[("ping", "", False)] * self.trickle_pieces, *events[1:]]
+        if behaviour == "reasoning":
+            chunk = {
+                **json.loads(events[0][1]),
+                "choices": [{"index": 0, "delta": {"reasoning_content": "hmm "}}],
+            }
+            events = [events[0], *[("think", json.dumps(chunk), False)] * self.trickle_pieces, *events[1:]]
         sent_deltas = 0
         for name, data, is_delta in events:
+            if name == "think":
+                self._pause()
+                name = None
             if name == "ping":
                 self._pause()
                 handler.wfile.write(b"%x\r\n%s\r\n" % (len(ping), ping))

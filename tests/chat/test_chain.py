@@ -144,6 +144,20 @@ def test_a_stream_of_pings_without_a_first_token_falls_back(
     assert UsageEntry.objects.get(tenant=tenant).provider == "local"
 
 
+def test_a_reasoning_stream_past_the_first_token_limit_is_not_cut(tenant, chat_client, upstreams, settings):
+    """Thinking deltas are generated tokens: a model reasoning for longer than the first-token limit
+    (1 s) before its answer is answering, not hanging."""
+    server = only("openai", upstreams, settings)
+    server.hang_seconds = 1.5  # of reasoning, a delta every 0.1 s
+    server.then("reasoning")
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    name, done = events[-1]
+    assert (name, done["provider"]) == ("done", "openai")
+    assert (
+        "".join(data["text"] for name, data in events if name == "delta") == "Paris is the capital of France."
+    )
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_stream_running_past_its_limit_ends_with_an_error_and_is_charged_for_what_it_sent(
     tenant, chat_client, upstreams, settings, provider

@@ -304,17 +304,35 @@ def test_a_slow_server_is_a_read_timeout():
         client.get(url)
 
 
-def test_a_deadline_ends_a_trickling_body_that_no_read_timeout_would():
-    """Each byte comes well within the read timeout, so without a deadline the body arrives whole;
-    within one, the wait for the rest is cut at the deadline."""
+TRICKLED = {  # (sent at once, then a byte every 50 ms): a response of 20 x's
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n", b"x" * 20),
+    "headers": (b"", b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b"x" * 20),
+    "chunk framing": (  # a chunk extension (ignored by readers) makes the size line long
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"14;padding=" + b"p" * 30 + b"\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("trickled", TRICKLED)
+def test_a_deadline_ends_a_trickling_response_that_no_read_timeout_would(trickled):
+    """Each byte comes well within the read timeout, so without a deadline the response arrives
+    whole; within one, the wait for the rest is cut at the deadline, whichever part trickles
+    (http.client reads headers and chunk sizes a line at a time, each line many waits)."""
+    at_once, slowly = TRICKLED[trickled]
+    cut_after: list[int] = []  # bytes of `slowly` sent before the client dropped the connection
 
     def trickle(conn: socket.socket) -> None:
         while True:
             read_request(conn)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
-            for _ in range(20):
+            conn.sendall(at_once)
+            for sent, byte in enumerate(slowly):
                 time.sleep(0.05)
-                conn.sendall(b"x")
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    cut_after.append(sent)
+                    raise
 
     transport = StdlibTransport()
     with (
@@ -325,7 +343,9 @@ def test_a_deadline_ends_a_trickling_body_that_no_read_timeout_would():
         with transport_module.deadline(time.monotonic() + 0.3), pytest.raises(httpx2.ReadTimeout):
             client.get(url)
         assert client.get(url).content == b"x" * 20  # the deadline ended with its block
-    assert len(accepted) == 2  # the connection cut mid-body was not reused
+    assert len(accepted) == 2  # the connection cut mid-response was not reused
+    assert len(cut_after) == 1
+    assert cut_after[0] < len(slowly) // 2  # given up at the deadline, not once the part was through
 
 
 def test_a_deadline_bounds_the_wait_for_the_response_and_an_inner_one_cannot_extend_it():
