@@ -16,7 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -45,6 +45,7 @@ from tenants.api import TenantAPIView, TenantScopedViewSet
 from tenants.errors import ApiError, error_body
 from tenants.middleware import document_upload_bytes_limit
 from tenants.models import Scope, Tenant
+from tenants.parsers import StrictJSONParser
 
 
 def sse(event: str | None, data: Any) -> str:
@@ -116,14 +117,17 @@ class IdempotentChatView(TenantAPIView):
         key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
         if key is None:
             return None, ""
-        if not isinstance(key, str) or not (0 < len(key) <= 200):
+        if not isinstance(key, str) or not (0 < len(key) <= 200) or "\x00" in key:
             raise ApiError(
-                "Idempotency-Key must be a string of 1 to 200 characters.",
+                "Idempotency-Key must be a string of 1 to 200 characters, without NUL.",
                 status_code=400,
                 code="invalid_idempotency_key",
                 param="idempotency_key",
             )
-        return key, body_fingerprint({k: v for k, v in body.items() if k != "idempotency_key"})
+        # The endpoint is part of what the key stands for: the same key and body sent to the other chat
+        # endpoint is another request (422), not a replay in the wrong shape.
+        request_body = {k: v for k, v in body.items() if k != "idempotency_key"}
+        return key, body_fingerprint({"endpoint": request.path_info, "body": request_body})
 
     def answer_once(
         self, key: str | None, fingerprint: str, produce: Callable[[], dict[str, Any]]
@@ -302,7 +306,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
     model = Document
     required_scope = Scope.DOCUMENTS
     lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
-    parser_classes = [JSONParser, MultiPartParser]
+    parser_classes = [StrictJSONParser, MultiPartParser]
 
     def scoped_queryset(self) -> QuerySet[Document]:
         queryset = Document.objects.defer("content").order_by("-created_at")

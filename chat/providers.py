@@ -127,6 +127,8 @@ def classify(exc: Exception) -> ProviderError:
     """Maps an SDK (or transport) exception to what the fallback chain should do."""
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, UnicodeEncodeError):  # text the SDK cannot send: the request's fault, not theirs
+        return ProviderError("bad_request", f"the request cannot be sent as UTF-8 ({type(exc).__name__})")
     if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError):
         return ProviderError("timeout", "the provider did not answer in time")
     if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):

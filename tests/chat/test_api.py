@@ -5,6 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from billing.models import UsageEntry
+from chat.circuit import circuit_state
 from chat.models import Conversation
 from chat.services import chat_settings_update
 from monitoring.models import Span, Trace
@@ -196,7 +197,7 @@ def test_bad_chat_input_is_4xx(chat_client, upstreams, body, param):
     assert not UsageEntry.objects.exists()
 
 
-@pytest.mark.parametrize("key", [5, ["k"], "", "k" * 201])
+@pytest.mark.parametrize("key", [5, ["k"], "", "k" * 201, "k\x00"])
 def test_a_bad_idempotency_key_is_400_on_both_chat_endpoints(chat_client, upstreams, key):
     chat = chat_client.post("/api/v1/chat", {"message": "hi", "idempotency_key": key}, format="json")
     messages = [{"role": "user", "content": "hi"}]
@@ -208,6 +209,78 @@ def test_a_bad_idempotency_key_is_400_on_both_chat_endpoints(chat_client, upstre
     for response in (chat, completions):
         assert response.status_code == 400, response.json()
         assert response.json()["error"]["param"] == "idempotency_key"
+    assert not UsageEntry.objects.exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("first", "second"), [("/v1/chat/completions", "/api/v1/chat"), ("/api/v1/chat", "/v1/chat/completions")]
+)
+def test_an_idempotency_key_stands_for_one_endpoint(tenant, chat_client, upstreams, first, second, stream):
+    """The same body, which both chat endpoints accept, sent to each under one key: the second is
+    another request (422), never the first's response replayed in the other endpoint's shape."""
+    openai_server, _ = upstreams
+    body = {
+        "message": "hi",
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": stream,
+    }
+    headers = {"HTTP_IDEMPOTENCY_KEY": "shared-key"}
+    answered = chat_client.post(first, body, format="json", **headers)
+    assert answered.status_code == 200
+    if stream:
+        b"".join(answered.streaming_content)
+    other = chat_client.post(second, body, format="json", **headers)
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(openai_server.requests) == 1
+    assert UsageEntry.objects.count() == 1
+
+
+LONE_SURROGATE_BODIES = [  # raw JSON: \ud800 is a valid escape that decodes to no text
+    ("/api/v1/chat", '{"message": "\\ud800"}'),
+    ("/api/v1/chat", '{"message": "hi", "prompt": "support", "variables": {"question": "a \\udfff"}}'),
+    (
+        "/v1/chat/completions",
+        '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    ),
+    (
+        "/v1/chat/completions",
+        '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+        '"idempotency_key": "\\ud800"}',
+    ),
+]
+
+
+def test_a_lone_surrogate_is_400_and_never_reaches_the_provider_or_its_circuit(
+    tenant, chat_client, upstreams, settings
+):
+    """The openai SDK cannot encode such text: sent on, every such request failed as the provider's
+    fault and opened its circuit, shared by every tenant; answered, the renderer failed after the charge."""
+    openai_server, _ = upstreams
+    settings.CIRCUIT_FAILURE_THRESHOLD = 2
+    for _ in range(2):
+        for path, raw in LONE_SURROGATE_BODIES:
+            response = chat_client.post(path, raw, content_type="application/json")
+            assert response.status_code == 400, (path, raw, response.content)
+            assert "surrogate" in response.json()["error"]["message"]
+    assert not openai_server.requests
+    assert circuit_state("openai:gpt-4o-mini").state == "closed"
+    assert not UsageEntry.objects.exists()
+    paired = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert (
+        chat_client.post("/v1/chat/completions", paired, content_type="application/json").status_code == 200
+    )
+    assert openai_server.requests[0]["body"]["messages"] == [{"role": "user", "content": "\U0001f600"}]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/chat", "/v1/chat/completions"])
+def test_json_nested_too_deeply_is_400(chat_client, upstreams, path):
+    raw = '{"message": "hi", "model": "gpt-4o-mini", "variables": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = chat_client.post(path, raw, content_type="application/json")
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
     assert not UsageEntry.objects.exists()
 
 

@@ -158,6 +158,14 @@ def test_a_reasoning_stream_past_the_first_token_limit_is_not_cut(tenant, chat_c
     )
 
 
+def test_text_the_sdk_cannot_encode_is_the_request_s_fault_not_the_provider_s():
+    from chat.providers import classify
+
+    error = classify(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"))
+    assert error.kind == "bad_request"
+    assert not error.counts_against_circuit
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_stream_running_past_its_limit_ends_with_an_error_and_is_charged_for_what_it_sent(
     tenant, chat_client, upstreams, settings, provider
