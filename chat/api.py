@@ -40,7 +40,15 @@ from chat.serializers import (
     DocumentMultipartUploadSerializer,
     DocumentSearchSerializer,
 )
-from chat.services import ChatParams, ChatResult, StreamError, chat_complete, chat_stream, conversation_delete
+from chat.services import (
+    ChatParams,
+    ChatResult,
+    ChatStream,
+    StreamError,
+    chat_complete,
+    chat_stream,
+    conversation_delete,
+)
 from tenants.api import TenantAPIView, TenantScopedViewSet
 from tenants.errors import ApiError, error_body
 from tenants.middleware import document_upload_bytes_limit
@@ -509,7 +517,7 @@ class ChatCompletionsView(IdempotentChatView):
                     idempotency_abandon(tenant=self.tenant, key=key)
                 raise
             return event_stream(
-                self._chunks(events, params, created, data["model"], include_usage, key, fingerprint),
+                self._chunks(events, params, created, include_usage, key, fingerprint),
                 pipeline=events,
             )
         return self.answer_once(
@@ -520,10 +528,9 @@ class ChatCompletionsView(IdempotentChatView):
 
     def _chunks(
         self,
-        events: Iterator[str | ChatResult | StreamError],
+        events: ChatStream,
         params: ChatParams,
         created: int,
-        model: str,
         include_usage: bool,
         key: str | None,
         fingerprint: str,
@@ -532,7 +539,7 @@ class ChatCompletionsView(IdempotentChatView):
             "id": f"chatcmpl-{params.request_id}",
             "object": "chat.completion.chunk",
             "created": created,
-            "model": model,
+            "model": events.model,  # the one serving the answer, as OpenAI's chunks say
         }
         yield sse(
             None,
@@ -571,11 +578,10 @@ class ChatCompletionsView(IdempotentChatView):
                         fingerprint=fingerprint,
                         response=completion_body(event, created),
                     )
-                served = {**base, "model": event.model}
                 finish = {"index": 0, "delta": {}, "finish_reason": event.finish_reason}
-                yield sse(None, {**served, "choices": [finish]})
+                yield sse(None, {**base, "choices": [finish]})
                 if include_usage:
-                    yield sse(None, {**served, "choices": [], "usage": _openai_usage(event)})
+                    yield sse(None, {**base, "choices": [], "usage": _openai_usage(event)})
         yield "data: [DONE]\n\n"
 
 

@@ -781,7 +781,27 @@ class StreamError:
     error: ApiError
 
 
-def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatResult | StreamError]:
+class ChatStream:
+    """chat_stream's events (deltas, then the ChatResult or a StreamError), and the provider and model
+    serving them: known before the first delta goes out, a fallback's included."""
+
+    def __init__(self, events: Iterator[str | ChatResult | StreamError], provider: str, model: str) -> None:
+        self.events, self.provider, self.model = events, provider, model
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> str | ChatResult | StreamError:
+        return next(self.events)
+
+    def close(self) -> None:
+        """Settles the call at once (the client gone): what was delivered is charged."""
+        close = getattr(self.events, "close", None)
+        if close is not None:
+            close()
+
+
+def chat_stream(*, tenant: Tenant, params: ChatParams) -> ChatStream:
     """Deltas, then the ChatResult. Failing before the first delta raises (the view answers with a
     plain error); failing after it yields StreamError, having charged what was delivered."""
     recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
@@ -794,7 +814,7 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
             recorder.set(cached=True, provider=hit["provider"], model=hit["model"], time_to_first_token_ms=0)
             result = _serve_from_cache(tenant, prepared, hit, recorder)
             _close_trace(recorder, None)
-            return iter([result.answer, result])
+            return ChatStream(iter([result.answer, result]), result.provider, result.model)
         _take_tokens(tenant, prepared)
         served: Served[OpenStream] = _run_chain(tenant, prepared, recorder, stream_call_factory(recorder))
     except Exception as exc:
@@ -804,7 +824,8 @@ def chat_stream(*, tenant: Tenant, params: ChatParams) -> Iterator[str | ChatRes
     recorder.set(time_to_first_token_ms=served.result.opened_at_ms)
     relay = _relay(tenant, prepared, recorder, served)
     next(relay)  # to its first (empty) yield, inside the block that settles when the stream is closed
-    return relay  # type: ignore[return-value]  # every later item is an event
+    events: Iterator[str | ChatResult | StreamError] = relay  # type: ignore[assignment]  # all events now
+    return ChatStream(events, served.target.provider, served.target.model)
 
 
 def _relay(

@@ -111,3 +111,16 @@ def test_idempotency_key_replays_streams_and_json_without_a_second_call(sdk, ten
         sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, extra_headers=headers)
     assert len(openai_server.requests) == 1
     assert UsageEntry.objects.filter(tenant=tenant).count() == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fallback_s_answer_names_the_model_that_served_it(sdk, upstreams, stream):
+    """As OpenAI's responses do: every streamed chunk, not only the last, names the served model."""
+    openai_server, _ = upstreams
+    openai_server.then("500", "500")  # both attempts at gpt-4o-mini fail: Anthropic answers
+    if stream:
+        chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, stream=True))
+        assert {chunk.model for chunk in chunks} == {"claude-haiku-4-5"}
+    else:
+        completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+        assert completion.model == "claude-haiku-4-5"
