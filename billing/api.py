@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins
 from rest_framework.decorators import action
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -50,6 +55,20 @@ class UsageView(TenantAPIView):
         )
 
 
+class DownloadNegotiation(BaseContentNegotiation):
+    """For the invoice downloads, which answer in their own type whatever the client accepts
+    (`Accept: application/pdf` was a 406: the API's one renderer is JSON); errors stay JSON."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
+
+
 def document(content: bytes | str, content_type: str, filename: str) -> HttpResponse:
     response = HttpResponse(content, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -81,7 +100,7 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSco
         parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
         responses={(200, "application/pdf"): OpenApiTypes.BINARY},
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], content_negotiation_class=DownloadNegotiation)
     def pdf(self, request: Request, pk: str) -> HttpResponse:
         invoice = self.get_object()
         return document(invoice_pdf(invoice), "application/pdf", invoice_filename(invoice, "pdf"))
@@ -90,7 +109,7 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSco
         parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
         responses={(200, "text/csv"): OpenApiTypes.STR},
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], content_negotiation_class=DownloadNegotiation)
     def csv(self, request: Request, pk: str) -> HttpResponse:
         invoice = self.get_object()
         return document(invoice_csv(invoice), "text/csv; charset=utf-8", invoice_filename(invoice, "csv"))
@@ -99,6 +118,6 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSco
         parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
         responses={(200, "text/html"): OpenApiTypes.STR},
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], content_negotiation_class=DownloadNegotiation)
     def html(self, request: Request, pk: str) -> HttpResponse:
         return HttpResponse(invoice_html(self.get_object()), content_type="text/html; charset=utf-8")

@@ -26,7 +26,7 @@ from tenants.serializers import (
     QuotaSerializer,
     TenantSerializer,
 )
-from tenants.services import api_key_create, api_key_revoke, api_key_rotate
+from tenants.services import PUBLIC_ID_PATTERN, api_key_create, api_key_revoke, api_key_rotate
 
 
 class TenantAPIView(APIView):
@@ -118,6 +118,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
     serializer_class = ApiKeySerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "id"
+    lookup_value_regex = PUBLIC_ID_PATTERN  # anything else (a NUL...) is a 404 without a query
 
     def scoped_queryset(self) -> QuerySet[ApiKey]:
         return api_key_list(tenant=self.tenant)

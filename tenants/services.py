@@ -21,6 +21,8 @@ from tenants.selectors import api_key_lookup
 
 PUBLIC_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 PUBLIC_ID_LENGTH = 12
+PUBLIC_ID_PATTERN = f"[a-z0-9]{{{PUBLIC_ID_LENGTH}}}"  # of PUBLIC_ID_ALPHABET
+_PUBLIC_ID_CHARACTERS = frozenset(PUBLIC_ID_ALPHABET)
 # Compared against when the public id is unknown, so a miss costs the same as a wrong secret.
 _MISSING_KEY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
@@ -205,7 +207,8 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     prefix, _, rest = raw_key.partition("_")
     public_id, _, secret = rest.partition("_")
     api_key = None
-    if prefix == settings.API_KEY_PREFIX and secret and len(public_id) == PUBLIC_ID_LENGTH:
+    well_formed = len(public_id) == PUBLIC_ID_LENGTH and _PUBLIC_ID_CHARACTERS.issuperset(public_id)
+    if prefix == settings.API_KEY_PREFIX and secret and well_formed:  # a NUL never reaches PostgreSQL
         api_key = api_key_lookup(public_id=public_id)
     stored_hash = api_key.secret_hash if api_key else _MISSING_KEY_HASH
     hash_matches = hmac.compare_digest(stored_hash, hash_api_key(raw_key))

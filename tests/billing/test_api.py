@@ -110,6 +110,31 @@ def test_invoices_json_html_pdf_csv(tenant, billing_client):
     assert invoice.number in html
 
 
+def test_invoice_downloads_answer_clients_that_accept_only_their_type(tenant, other_tenant, billing_client):
+    """curl -H 'Accept: application/pdf' and the like: the API's one renderer is JSON, and DRF's
+    content negotiation refused them (406) before the view ran. Errors there stay JSON."""
+    invoice, theirs = finalized_invoice(tenant), finalized_invoice(other_tenant)
+    for suffix, accept in (
+        ("pdf", "application/pdf"),
+        ("csv", "text/csv"),
+        ("html", "text/html"),
+        ("pdf", ""),
+    ):
+        response = billing_client.get(f"/api/v1/invoices/{invoice.pk}/{suffix}", HTTP_ACCEPT=accept)
+        assert response.status_code == 200, (suffix, accept, response.content[:200])
+        assert response["Content-Type"].startswith(accept or "application/pdf")
+        missing = billing_client.get(f"/api/v1/invoices/{theirs.pk}/{suffix}", HTTP_ACCEPT=accept)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_a_format_query_parameter_switches_nothing(tenant, billing_client):
+    invoice = finalized_invoice(tenant)
+    response = billing_client.get(f"/api/v1/invoices/{invoice.pk}?format=pdf")
+    assert response.status_code == 200
+    assert response.json()["number"] == invoice.number
+
+
 def test_billing_needs_the_billing_read_scope(tenant, make_key):
     chat_only = client_with_key(make_key(tenant, scopes=[Scope.CHAT])[1])
     for url in ("/api/v1/budget", "/api/v1/usage", "/api/v1/invoices"):

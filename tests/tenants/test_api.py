@@ -112,11 +112,13 @@ def test_missing_key_is_401_with_www_authenticate(db):
     assert response.json()["error"]["type"] == "authentication_error"
 
 
-@pytest.mark.parametrize("state", ["unknown", "revoked", "expired", "wrong-secret"])
+@pytest.mark.parametrize("state", ["unknown", "revoked", "expired", "wrong-secret", "nul-in-id"])
 def test_bad_keys_get_the_same_401(tenant, make_key, state):
     api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
     if state == "unknown":
         raw_key = "tk_aaaaaaaaaaaa_" + "x" * 43
+    elif state == "nul-in-id":  # PostgreSQL cannot take a NUL in a query: it must not get one
+        raw_key = "tk_aaaaaaaaaaa\x00_" + "x" * 43
     elif state == "revoked":
         api_client = client_with_key(make_key(tenant)[1])
         api_client.post(f"/api/v1/keys/{api_key.public_id}/revoke")
@@ -235,6 +237,18 @@ def test_unknown_key_id_is_404_json(api_client):
     response = api_client.post("/api/v1/keys/nosuchkey123/revoke")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("key_id", ["%00", "a%00bcdefghijk", "ABCDEFGHIJKL", "abc", "a" * 13])
+def test_a_malformed_key_id_is_404_json_on_every_key_route(api_client, key_id):
+    for method, path in (
+        ("get", f"/api/v1/keys/{key_id}"),
+        ("post", f"/api/v1/keys/{key_id}/revoke"),
+        ("post", f"/api/v1/keys/{key_id}/rotate"),
+    ):
+        response = getattr(api_client, method)(path)
+        assert response.status_code == 404, (path, response.content)
+        assert response.json()["error"]["type"] == "not_found_error"
 
 
 def test_trailing_slash_is_accepted(api_client):
