@@ -62,6 +62,44 @@ class StreamOptionsSerializer(RequestSerializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
 
+# OpenAI's parameters this gateway does not implement, refused (400) rather than dropped: dropped, a
+# client asking for a tool call, JSON or a stop sequence would take plain text for what it asked for.
+# A value asking for nothing passes (null, false, an empty list, {"type": "text"}, ["text"], "none").
+# Other sampling parameters (seed, presence_penalty...) only shade the answer, and are ignored.
+UNSUPPORTED_PARAMETERS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+)
+_ASKING_FOR_NOTHING: dict[str, list[Any]] = {
+    "response_format": [{"type": "text"}],
+    "modalities": [["text"]],
+    "tool_choice": ["none"],
+    "function_call": ["none"],
+    "parallel_tool_calls": [True],
+}
+
+
+def unsupported_parameter(data: Any) -> str | None:
+    """The first parameter of UNSUPPORTED_PARAMETERS that `data` asks something of, or None."""
+    for name in UNSUPPORTED_PARAMETERS:
+        value = data.get(name)
+        if value in (None, False, [], {}, "") or value in _ASKING_FOR_NOTHING.get(name, []):
+            continue
+        return name
+    return None
+
+
 class ChatCompletionRequestSerializer(RequestSerializer):
     """The subset of OpenAI's chat completions request this gateway serves."""
 
@@ -85,6 +123,12 @@ class ChatCompletionRequestSerializer(RequestSerializer):
         help_text="Ours (openai SDK: extra_body={'rag': True}): answer from the tenant's documents; the "
         "completion then carries `citations`.",
     )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        name = unsupported_parameter(self.initial_data)
+        if name is not None:
+            raise serializers.ValidationError({name: f"{name} is not supported by this gateway."})
+        return attrs
 
 
 class DocumentJSONUploadSerializer(RequestSerializer):

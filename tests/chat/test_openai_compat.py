@@ -124,3 +124,42 @@ def test_a_fallback_s_answer_names_the_model_that_served_it(sdk, upstreams, stre
     else:
         completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
         assert completion.model == "claude-haiku-4-5"
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("tools", [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]),
+        ("tool_choice", "required"),
+        ("response_format", {"type": "json_object"}),
+        ("stop", ["\n"]),
+        ("stop", "END"),
+        ("logprobs", True),
+    ],
+)
+def test_parameters_the_gateway_does_not_implement_are_a_400_not_dropped(
+    sdk, tenant, upstreams, param, value
+):
+    """Dropped, a client asking for a tool call, JSON or a stop sequence would take plain text for it."""
+    openai_server, _ = upstreams
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, **{param: value})
+    assert refused.value.param == param
+    assert "not supported" in refused.value.message
+    assert not openai_server.requests
+    assert not UsageEntry.objects.filter(tenant=tenant).exists()
+
+
+def test_parameters_asking_for_nothing_or_only_shading_the_answer_are_accepted(sdk, upstreams):
+    completion = sdk.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=QUESTION,
+        response_format={"type": "text"},
+        tool_choice="none",
+        parallel_tool_calls=True,
+        logprobs=False,
+        stop=None,
+        seed=7,
+        presence_penalty=0.5,
+    )
+    assert completion.choices[0].message.content == "Paris is the capital of France."
