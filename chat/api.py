@@ -505,6 +505,7 @@ class ChatCompletionsView(IdempotentChatView):
             max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
             temperature=data.get("temperature"),
             top_p=data.get("top_p"),
+            stop=data["stop"],
             rag=bool(data.get("rag")),
             request_id=request_id_for(self.tenant, key) if key else uuid.uuid4().hex,
         )

@@ -45,6 +45,7 @@ class ProviderRequest:
     max_tokens: int
     temperature: float | None = None
     top_p: float | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,8 @@ class OpenAIProvider:
             params["temperature"] = request.temperature
         if request.top_p is not None:
             params["top_p"] = request.top_p
+        if request.stop:
+            params["stop"] = list(request.stop)
         return params
 
     @staticmethod
@@ -450,6 +453,8 @@ class AnthropicProvider:
             params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
         if request.top_p is not None:
             params["top_p"] = request.top_p
+        if request.stop:
+            params["stop_sequences"] = list(request.stop)
         return params
 
     def complete(self, request: ProviderRequest) -> Completion:
@@ -525,7 +530,9 @@ class LocalProvider:
                 f'(local model) You asked: "{summary}". No external model is configured to answer in full.'
             )
         words = answer.split(" ")
-        return " ".join(words[: max(request.max_tokens, 1)])
+        answer = " ".join(words[: max(request.max_tokens, 1)])
+        stops = [answer.find(sequence) for sequence in request.stop if sequence in answer]
+        return answer[: min(stops)] if stops else answer  # ends before the first stop, as a model's
 
     @staticmethod
     def _best_sentences(context: str, question: str, count: int = 2) -> list[str]:
@@ -553,7 +560,9 @@ class LocalProvider:
         text = self._answer(request)
         words = text.split(" ")
         for index, word in enumerate(words):
-            yield word if index == 0 else " " + word
+            piece = word if index == 0 else " " + word
+            if piece:  # an answer cut to nothing by a stop sequence has no text to send
+                yield piece
         yield Finish("stop")
         yield self._usage(request, text)
 

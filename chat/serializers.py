@@ -63,7 +63,7 @@ class StreamOptionsSerializer(RequestSerializer):
 
 
 # OpenAI's parameters this gateway does not implement, refused (400) rather than dropped: dropped, a
-# client asking for a tool call, JSON or a stop sequence would take plain text for what it asked for.
+# client asking for a tool call, JSON mode or log probabilities would take plain text for them.
 # A value asking for nothing passes (null, false, an empty list, {"type": "text"}, ["text"], "none").
 # Other sampling parameters (seed, presence_penalty...) only shade the answer, and are ignored.
 UNSUPPORTED_PARAMETERS = (
@@ -73,7 +73,6 @@ UNSUPPORTED_PARAMETERS = (
     "function_call",
     "parallel_tool_calls",
     "response_format",
-    "stop",
     "logprobs",
     "top_logprobs",
     "audio",
@@ -100,6 +99,10 @@ def unsupported_parameter(data: Any) -> str | None:
     return None
 
 
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_STOP_SEQUENCE_CHARS = 200
+
+
 class ChatCompletionRequestSerializer(RequestSerializer):
     """The subset of OpenAI's chat completions request this gateway serves."""
 
@@ -116,6 +119,9 @@ class ChatCompletionRequestSerializer(RequestSerializer):
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
     user = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    stop = serializers.JSONField(
+        required=False, allow_null=True, default=None, help_text="1 to 4 strings: the answer ends before one."
+    )
     n = serializers.IntegerField(required=False, min_value=1, max_value=1, help_text="Only 1 is supported.")
     rag = serializers.BooleanField(
         required=False,
@@ -123,6 +129,20 @@ class ChatCompletionRequestSerializer(RequestSerializer):
         help_text="Ours (openai SDK: extra_body={'rag': True}): answer from the tenant's documents; the "
         "completion then carries `citations`.",
     )
+
+    def validate_stop(self, value: Any) -> tuple[str, ...]:
+        """null, a string, or a list of up to 4 strings; a tuple once validated."""
+        sequences = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(sequences, list) or not all(isinstance(item, str) for item in sequences):
+            raise serializers.ValidationError("stop must be a string or a list of strings.")
+        if len(sequences) > MAX_STOP_SEQUENCES:
+            raise serializers.ValidationError(f"stop takes at most {MAX_STOP_SEQUENCES} sequences.")
+        for item in sequences:
+            if not 0 < len(item) <= MAX_STOP_SEQUENCE_CHARS or "\x00" in item:
+                raise serializers.ValidationError(
+                    f"each stop sequence must be 1 to {MAX_STOP_SEQUENCE_CHARS} characters, without NUL."
+                )
+        return tuple(dict.fromkeys(sequences))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         name = unsupported_parameter(self.initial_data)

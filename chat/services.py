@@ -77,6 +77,7 @@ class ChatParams:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these
     rag: bool | None = None  # None: on for /api/v1/chat when the tenant has documents
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -451,7 +452,7 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
     cache_key = None
     if chat_settings.cache_enabled and low_temperature:
         material = json.dumps(
-            [tenant.pk, targets[0].key, messages, max_tokens, temperature, top_p], sort_keys=True
+            [tenant.pk, targets[0].key, messages, max_tokens, temperature, top_p, params.stop], sort_keys=True
         )
         cache_key = "chat:exact:" + hashlib.sha256(material.encode()).hexdigest()
     semantic_key = None
@@ -459,7 +460,9 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
     # A question without content words has no direction to compare; with or without documents in the
     # prompt the answer differs.
     if vector is not None and np.any(vector):
-        shaping = json.dumps([instructions, max_tokens, use_rag, documents_stamp], sort_keys=True)
+        shaping = json.dumps(
+            [instructions, max_tokens, use_rag, documents_stamp, params.stop], sort_keys=True
+        )
         semantic_key = SemanticKey(
             vector,
             targets[0].key,
@@ -612,7 +615,12 @@ def _prompt_fields(prepared: Prepared) -> dict[str, Any]:
 
 def _provider_request(prepared: Prepared, target: Target) -> ProviderRequest:
     return ProviderRequest(
-        target.model, prepared.messages, prepared.max_tokens, prepared.temperature, prepared.top_p
+        target.model,
+        prepared.messages,
+        prepared.max_tokens,
+        prepared.temperature,
+        prepared.top_p,
+        prepared.params.stop,
     )
 
 

@@ -132,15 +132,13 @@ def test_a_fallback_s_answer_names_the_model_that_served_it(sdk, upstreams, stre
         ("tools", [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]),
         ("tool_choice", "required"),
         ("response_format", {"type": "json_object"}),
-        ("stop", ["\n"]),
-        ("stop", "END"),
         ("logprobs", True),
     ],
 )
 def test_parameters_the_gateway_does_not_implement_are_a_400_not_dropped(
     sdk, tenant, upstreams, param, value
 ):
-    """Dropped, a client asking for a tool call, JSON or a stop sequence would take plain text for it."""
+    """Dropped, a client asking for a tool call or JSON mode would take plain text for it."""
     openai_server, _ = upstreams
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, **{param: value})
@@ -163,3 +161,45 @@ def test_parameters_asking_for_nothing_or_only_shading_the_answer_are_accepted(s
         presence_penalty=0.5,
     )
     assert completion.choices[0].message.content == "Paris is the capital of France."
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_stop_sequences_reach_the_provider_in_both_modes(sdk, upstreams, settings, provider):
+    server = dict(zip(["openai", "anthropic"], upstreams, strict=True))[provider]
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = [f"{provider}:{model}"]
+    sdk.chat.completions.create(model=model, messages=QUESTION, stop="END")
+    list(sdk.chat.completions.create(model=model, messages=QUESTION, stop=["END", "Q:"], stream=True))
+    sdk.chat.completions.create(model=model, messages=QUESTION)
+    field = "stop" if provider == "openai" else "stop_sequences"
+    assert [request["body"].get(field) for request in server.requests] == [["END"], ["END", "Q:"], None]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_local_model_ends_before_the_first_stop_sequence(sdk, upstreams, settings, stream):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["local:local"]
+    question = [{"role": "user", "content": "Capital of France?"}]
+    if stream:
+        chunks = sdk.chat.completions.create(
+            model="local", messages=question, stop=["zzz", "asked"], stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    else:
+        completion = sdk.chat.completions.create(model="local", messages=question, stop=["zzz", "asked"])
+        text = completion.choices[0].message.content
+    assert text == "(local model) You "
+
+
+def test_the_exact_cache_tells_answers_to_other_stop_sequences_apart(sdk, upstreams):
+    openai_server, _ = upstreams
+    for stop in (None, "END", None, "END"):
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, temperature=0, stop=stop)
+    assert len(openai_server.requests) == 2
+
+
+@pytest.mark.parametrize("stop", [5, ["a", "b", "c", "d", "e"], [""], [1], "a\x00", {"x": 1}])
+def test_bad_stop_sequences_are_400(sdk, upstreams, stop):
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, stop=stop)
+    assert refused.value.param == "stop"
+    assert not upstreams[0].requests
