@@ -65,7 +65,7 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> dict[str
         ) from None
     if existing.get("fingerprint") != fingerprint:
         raise ApiError(
-            "This Idempotency-Key was used with a different request body.",
+            "This Idempotency-Key was used with a different request body or on another endpoint.",
             status_code=422,
             code="idempotency_key_reused",
             param="idempotency_key",

@@ -222,6 +222,37 @@ def _stream_timeout() -> openai.Timeout:
     )
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """`text` up to the first of `stops` (which is left out, as a model's stop sequence is)."""
+    found = [index for stop in stops if (index := text.find(stop)) >= 0]
+    return text[: min(found)] if found else text
+
+
+class StopCut:
+    """Ends a streamed text before the first of `stops`, fed piece by piece: a tail that could still
+    become one is held back until the next piece (or `flush`, at the end) tells."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        text = self.held + piece
+        cut = cut_at_stop(text, self.stops)
+        if len(cut) < len(text):
+            self.stopped, self.held = True, ""
+            return cut
+        partial = (size for stop in self.stops for size in range(1, len(stop)) if text.endswith(stop[:size]))
+        keep = max(partial, default=0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
 def _answer_deadline() -> float:
     return time.monotonic() + settings.CHAT_REQUEST_TIMEOUT_SECONDS
 
@@ -453,9 +484,15 @@ class AnthropicProvider:
             params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
         if request.top_p is not None:
             params["top_p"] = request.top_p
-        if request.stop:
-            params["stop_sequences"] = list(request.stop)
+        sent = [stop for stop in request.stop if stop.strip()]
+        if sent:
+            params["stop_sequences"] = sent
         return params
+
+    @staticmethod
+    def _our_stops(request: ProviderRequest) -> tuple[str, ...]:
+        """Stop sequences of only whitespace ("\\n"), which Anthropic refuses (a 400): ours to apply."""
+        return tuple(stop for stop in request.stop if not stop.strip())
 
     def complete(self, request: ProviderRequest) -> Completion:
         try:
@@ -463,10 +500,11 @@ class AnthropicProvider:
                 response = self.client.messages.create(**self._params(request))
             text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
             usage = response.usage
+            answer = cut_at_stop(text, self._our_stops(request))
             return Completion(
-                text,
+                answer,
                 Usage(usage.input_tokens, usage.cache_read_input_tokens or 0, usage.output_tokens),
-                anthropic_finish_reason(response.stop_reason),
+                "stop" if len(answer) < len(text) else anthropic_finish_reason(response.stop_reason),
             )
         except Exception as exc:
             raise classify(exc) from exc
@@ -474,6 +512,8 @@ class AnthropicProvider:
     def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
         input_tokens = cached = output_tokens = 0
         finished = False
+        cut = StopCut(self._our_stops(request))
+        delivered: list[str] = []  # for the output's estimate when our stop sequence ends the stream
         clock = StreamClock()
         try:
             with deadline(clock.due):
@@ -488,11 +528,21 @@ class AnthropicProvider:
                     elif event.type == "content_block_delta":  # text, thinking, a tool's input
                         clock.answering()
                         if getattr(event.delta, "type", "") == "text_delta":
-                            yield event.delta.text
+                            text = cut.feed(event.delta.text)
+                            if text:
+                                delivered.append(text)
+                                yield text
+                            if cut.stopped:  # our stop sequence: the answer ends here, the call too
+                                finished, output_tokens = True, estimate_tokens("".join(delivered))
+                                yield Finish("stop")
+                                break
                     elif event.type == "message_delta":
                         output_tokens = event.usage.output_tokens
                         if event.delta.stop_reason:
                             clock.answering()
+                            held = cut.flush()
+                            if held:
+                                yield held
                             yield Finish(anthropic_finish_reason(event.delta.stop_reason))
                     elif event.type == "message_stop":
                         finished = True
@@ -530,9 +580,7 @@ class LocalProvider:
                 f'(local model) You asked: "{summary}". No external model is configured to answer in full.'
             )
         words = answer.split(" ")
-        answer = " ".join(words[: max(request.max_tokens, 1)])
-        stops = [answer.find(sequence) for sequence in request.stop if sequence in answer]
-        return answer[: min(stops)] if stops else answer  # ends before the first stop, as a model's
+        return cut_at_stop(" ".join(words[: max(request.max_tokens, 1)]), request.stop)
 
     @staticmethod
     def _best_sentences(context: str, question: str, count: int = 2) -> list[str]:

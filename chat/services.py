@@ -449,10 +449,12 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
     if documents_stamp is not None and documents_stamp.startswith(UNAVAILABLE_STAMP_PREFIX):
         semantic_wanted = False  # Redis is away: no stamp to trust
     citations = _add_context(tenant, params.message, messages, recorder) if use_rag else []
+    # Stop sequences, when there are any, shape the answer too (without, the keys stay as they were).
+    stop = [params.stop] if params.stop else []
     cache_key = None
     if chat_settings.cache_enabled and low_temperature:
         material = json.dumps(
-            [tenant.pk, targets[0].key, messages, max_tokens, temperature, top_p, params.stop], sort_keys=True
+            [tenant.pk, targets[0].key, messages, max_tokens, temperature, top_p, *stop], sort_keys=True
         )
         cache_key = "chat:exact:" + hashlib.sha256(material.encode()).hexdigest()
     semantic_key = None
@@ -460,9 +462,7 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
     # A question without content words has no direction to compare; with or without documents in the
     # prompt the answer differs.
     if vector is not None and np.any(vector):
-        shaping = json.dumps(
-            [instructions, max_tokens, use_rag, documents_stamp, params.stop], sort_keys=True
-        )
+        shaping = json.dumps([instructions, max_tokens, use_rag, documents_stamp, *stop], sort_keys=True)
         semantic_key = SemanticKey(
             vector,
             targets[0].key,

@@ -313,7 +313,6 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "tenants.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "URL_FORMAT_OVERRIDE": None,  # `?format=` is no switch here (DRF's made ?format=pdf a bare 404)
 }
 
 SPECTACULAR_SETTINGS = {

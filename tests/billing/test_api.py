@@ -128,13 +128,6 @@ def test_invoice_downloads_answer_clients_that_accept_only_their_type(tenant, ot
         assert missing.json()["error"]["type"] == "not_found_error"
 
 
-def test_a_format_query_parameter_switches_nothing(tenant, billing_client):
-    invoice = finalized_invoice(tenant)
-    response = billing_client.get(f"/api/v1/invoices/{invoice.pk}?format=pdf")
-    assert response.status_code == 200
-    assert response.json()["number"] == invoice.number
-
-
 def test_billing_needs_the_billing_read_scope(tenant, make_key):
     chat_only = client_with_key(make_key(tenant, scopes=[Scope.CHAT])[1])
     for url in ("/api/v1/budget", "/api/v1/usage", "/api/v1/invoices"):

@@ -265,6 +265,15 @@ def test_a_lone_surrogate_is_400_and_never_reaches_the_provider_or_its_circuit(
             response = chat_client.post(path, raw, content_type="application/json")
             assert response.status_code == 400, (path, raw, response.content)
             assert "surrogate" in response.json()["error"]["message"]
+    for charset in ("utf-16", "utf-16-le", "utf-32"):  # DRF decodes the body as the Content-Type says:
+        # the escape's bytes are no ASCII there
+        response = chat_client.post(
+            "/api/v1/chat",
+            '{"message": "\\ud800"}'.encode(charset),
+            content_type=f"application/json; charset={charset}",
+        )
+        assert response.status_code == 400, (charset, response.content)
+        assert "surrogate" in response.json()["error"]["message"]
     assert not openai_server.requests
     assert circuit_state("openai:gpt-4o-mini").state == "closed"
     assert not UsageEntry.objects.exists()

@@ -203,3 +203,27 @@ def test_bad_stop_sequences_are_400(sdk, upstreams, stop):
         sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, stop=stop)
     assert refused.value.param == "stop"
     assert not upstreams[0].requests
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_whitespace_stop_sequences_anthropic_refuses_are_applied_on_our_side(
+    sdk, tenant, upstreams, settings, stream
+):
+    """Anthropic refuses a stop sequence of only whitespace (a 400): a client's stop=["\\n"] would fail
+    on an Anthropic target, a fallback's included. Such sequences are kept from it and cut here."""
+    _, anthropic_server = upstreams
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["anthropic:claude-haiku-4-5"]
+    stop = [" ", "capital"]
+    if stream:
+        chunks = list(
+            sdk.chat.completions.create(model="claude-haiku-4-5", messages=QUESTION, stop=stop, stream=True)
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        completion = sdk.chat.completions.create(model="claude-haiku-4-5", messages=QUESTION, stop=stop)
+        text = completion.choices[0].message.content
+        assert completion.choices[0].finish_reason == "stop"
+    assert text == "Paris"  # the fake's answer, "Paris is the capital of France.", up to the first space
+    assert anthropic_server.requests[0]["body"]["stop_sequences"] == ["capital"]
+    assert UsageEntry.objects.get(tenant=tenant).output_tokens > 0
