@@ -126,6 +126,7 @@ def test_invoice_downloads_answer_clients_that_accept_only_their_type(tenant, ot
         missing = billing_client.get(f"/api/v1/invoices/{theirs.pk}/{suffix}", HTTP_ACCEPT=accept)
         assert missing.status_code == 404
         assert missing.json()["error"]["type"] == "not_found_error"
+    assert billing_client.get(f"/api/v1/invoices/{invoice.pk}/pdf?format=pdf").status_code == 200
 
 
 def test_billing_needs_the_billing_read_scope(tenant, make_key):
