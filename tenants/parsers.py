@@ -6,7 +6,7 @@
   SDKs cannot send it to a provider (their failure would count against the provider's circuit,
   shared by every tenant), and the renderer cannot answer with it. In a UTF-8 body only an escape
   can produce one (UTF-8 bytes cannot), so there the parsed data is checked only when the raw body
-  holds such an escape; a body in another charset (UTF-16, UTF-7... which DRF decodes as the
+  holds such an escape; a body in another charset (UTF-16, UTF-32..., which DRF decodes as the
   Content-Type says) is always checked.
 """
 
