@@ -69,7 +69,9 @@ def _request_usage(
     usage = get_usage(request, group=group, key=key, rate=rate, increment=increment)
     if usage is None:  # RATELIMIT_ENABLE is off
         return None
-    return PolicyUsage(group, limit, usage["count"], max(usage["time_left"], 0))
+    # django-ratelimit's window ending at second W still counts during second W ("time_left" 0 then):
+    # the first second of the next window is W + 1, one more than its time_left.
+    return PolicyUsage(group, limit, usage["count"], max(usage["time_left"], 0) + 1)
 
 
 def _request_policies(api_key: ApiKey) -> list[tuple[str, str, int]]:

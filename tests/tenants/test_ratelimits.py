@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import urllib.error
@@ -224,3 +225,41 @@ def test_concurrent_requests_across_gunicorn_workers_admit_exactly_the_limit(
         codes = list(pool.map(call, range(3 * limit)))
     assert codes.count(200) == limit
     assert codes.count(429) == 2 * limit
+
+
+class FakeClock:
+    """Stands in for the `time` module of django-ratelimit: the test decides what second it is."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("seconds_left", [0, 1, 17, 59])
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.999])
+def test_retry_after_names_the_first_second_the_request_is_admitted(
+    tenant, make_key, monkeypatch, seconds_left, fraction
+):
+    import django_ratelimit.core
+
+    tenant.requests_per_minute = 1
+    tenant.save()
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    clock = FakeClock(1_800_000_000.0)
+    monkeypatch.setattr(django_ratelimit.core, "time", clock)
+    # `seconds_left` whole seconds (and `fraction`) before the last second of the tenant's window.
+    time_left = request_usages(None, api_key=api_key)[0].reset_seconds - 1
+    clock.now += (time_left - seconds_left) % 60 + fraction
+    client = client_with_key(raw_key)
+    assert client.get("/api/v1/me").status_code == 200
+    limited = client.get("/api/v1/me")
+    assert limited.status_code == 429
+    retry_after = int(limited["Retry-After"])
+    assert RATELIMIT_FIELD.match(limited["RateLimit"])["reset"] == str(retry_after)
+    first_admitted_second = math.floor(clock.now) + retry_after
+    clock.now = first_admitted_second - 0.001
+    assert client.get("/api/v1/me").status_code == 429  # not a moment sooner
+    clock.now = first_admitted_second  # a client that slept exactly Retry-After is there by now
+    assert client.get("/api/v1/me").status_code == 200
