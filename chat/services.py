@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from chat.models import ChatSettings, Conversation, GuardPolicy, Message
 from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, Usage
 from chat.retrieval import RetrievedChunk, retrieve
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
-from chat.tokens import estimate_message_tokens, estimate_tokens
+from chat.tokens import estimate_message_tokens, estimate_tokens, input_token_bound
 from monitoring.models import TraceStatus
 from monitoring.services import TraceRecorder
 from prompts.selectors import prompt_render, prompt_resolve
@@ -60,6 +61,7 @@ from tenants.models import Tenant
 from tenants.ratelimits import TokenReservation, token_rate_adjusting, token_rate_reserve
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,8 @@ class Prepared:
     top_p: float | None
     prompt: dict[str, Any] | None
     cache_key: str | None
-    estimated_tokens: int
+    estimated_tokens: int  # for the tokens-per-minute limit, corrected after the call
+    input_token_bound: int  # what the budget reservation holds: no provider can count more
     citations: list[dict[str, Any]] = field(default_factory=list)
     semantic_key: SemanticKey | None = None  # set when the semantic cache applies to this request
     tokens: TokenReservation | None = None  # taken from this minute's tokens-per-minute allowance
@@ -481,6 +484,7 @@ def prepare(*, tenant: Tenant, params: ChatParams, recorder: TraceRecorder) -> P
         prompt_info,
         cache_key,
         estimate_message_tokens(messages),
+        input_token_bound(messages),
         citations,
         semantic_key,
     )
@@ -632,7 +636,7 @@ def _reserver(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder):  # t
                 request_id=prepared.params.request_id,
                 provider=target.provider,
                 model=target.model,
-                prompt_tokens=prepared.estimated_tokens,
+                prompt_tokens=prepared.input_token_bound,
                 max_tokens=request.max_tokens,
             )
 
@@ -665,6 +669,7 @@ def _finish(
 ) -> ChatResult:
     """Settle, redact, store the turn, cache the answer."""
     params = prepared.params
+    usage = _within_reservation(prepared, usage, target)
     used = usage.input_tokens + usage.cached_input_tokens + usage.output_tokens
     with recorder.span("settle") as span, _returning_tokens(tenant, prepared, used):
         charge = budget_settle(
@@ -726,6 +731,28 @@ def _finish(
         finish_reason=finish_reason,
         citations=prepared.citations,
     )
+
+
+def _within_reservation(prepared: Prepared, usage: Usage, target: Target) -> Usage:
+    """The usage the reservation covered, at most: input within its bound, output within the
+    max_tokens sent. A provider reporting more (a server ignoring max_tokens) is charged the bound,
+    so a budget is never overspent; the excess is logged for the operator."""
+    cached = min(usage.cached_input_tokens, prepared.input_token_bound)
+    covered = Usage(
+        min(usage.input_tokens, prepared.input_token_bound - cached),
+        cached,
+        min(usage.output_tokens, prepared.max_tokens),
+    )
+    if covered != usage:
+        logger.warning(
+            "%s reported usage %s beyond the reserved bound (input %s, output %s); charged %s",
+            target.key,
+            usage,
+            prepared.input_token_bound,
+            prepared.max_tokens,
+            covered,
+        )
+    return covered
 
 
 def _exact_cache_store(key: str, entry: dict[str, Any], chat_settings: ChatSettings) -> None:

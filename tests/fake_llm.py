@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,7 +44,8 @@ class FakeLLMServer:
         self.script: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.answer = DEFAULT_ANSWER
-        self.usage = (25, 5, 8)  # uncached input, cached input, output
+        # (uncached input, cached input, output), or a function of the request body giving them
+        self.usage: tuple[int, int, int] | Callable[[dict[str, Any]], tuple[int, int, int]] = (25, 5, 8)
         self.hang_seconds = 3.0  # of `hang`, `drip` and `pings`
         self.trickle_pieces = 15  # `drip` and `pings` send that many pieces over hang_seconds
         self.token_interval_seconds = 0.0  # a stream's pause between deltas, as a model generating
@@ -79,6 +81,9 @@ class FakeLLMServer:
     def close(self) -> None:
         self.http.shutdown()
         self.http.server_close()
+
+    def usage_for(self, body: dict[str, Any]) -> tuple[int, int, int]:
+        return self.usage(body) if callable(self.usage) else self.usage
 
     def then(self, *behaviours: str) -> FakeLLMServer:
         self.script.extend(behaviours)
@@ -177,7 +182,7 @@ class FakeLLMServer:
         self._raw(handler, status, json.dumps(payload).encode(), "application/json", headers)
 
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
-        uncached, cached, output = self.usage
+        uncached, cached, output = self.usage_for(body)
         if self.kind == "openai":
             return {
                 "id": "chatcmpl-fake",
@@ -286,7 +291,7 @@ class FakeLLMServer:
     def _openai_events(
         self, body: dict[str, Any], deltas: list[str], behaviour: str
     ) -> list[tuple[str | None, str, bool]]:
-        uncached, cached, output = self.usage
+        uncached, cached, output = self.usage_for(body)
         base = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
@@ -345,7 +350,7 @@ class FakeLLMServer:
     def _anthropic_events(
         self, body: dict[str, Any], deltas: list[str], behaviour: str
     ) -> list[tuple[str | None, str, bool]]:
-        uncached, cached, output = self.usage
+        uncached, cached, output = self.usage_for(body)
         start = {
             "type": "message_start",
             "message": {
