@@ -29,12 +29,23 @@ def nanos(amount_usd: Decimal) -> int:
     return int((amount_usd * NANOS_PER_USD).to_integral_value())
 
 
+class ModelKind(models.TextChoices):
+    CHAT = "chat", "Chat"
+    EMBEDDING = "embedding", "Embedding"
+
+
 class ModelPrice(models.Model):
     """USD per million tokens from `effective_from` on. A new price is a new row, so the entries
     already priced keep the price they were charged at."""
 
     provider = models.CharField(max_length=32)
     model = models.CharField(max_length=100)
+    kind = models.CharField(
+        max_length=16,
+        choices=ModelKind.choices,
+        default=ModelKind.CHAT,
+        help_text="Chat models are offered by /v1/models and chat; embedding models only embed.",
+    )
     input_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
     cached_input_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
     output_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)

@@ -34,6 +34,7 @@ from billing.models import (
     InvoiceLine,
     InvoiceSequence,
     InvoiceStatus,
+    ModelKind,
     ModelPrice,
     TenantBudget,
     UsageKind,
@@ -70,6 +71,7 @@ class Price:
     cached_input_per_mtok: Decimal
     output_per_mtok: Decimal
     effective_from: datetime
+    kind: str = ModelKind.CHAT
 
 
 price_table: StampedLocalCache[dict[tuple[str, str], list[Price]]] = StampedLocalCache(
@@ -89,14 +91,25 @@ def _load_prices() -> dict[tuple[str, str], list[Price]]:
                 row.cached_input_per_mtok,
                 row.output_per_mtok,
                 row.effective_from,
+                row.kind,
             )
         )
     return table
 
 
-def priced_models() -> list[tuple[str, str]]:
-    """Every (provider, model) with a price, from the per-process price table."""
-    return sorted(price_table.get("all", "all", _load_prices))
+def priced_models(*, kind: str | None = None) -> list[tuple[str, str]]:
+    """Every (provider, model) with a price, from the per-process price table; only those of `kind`
+    (chat, embedding) when given, as their latest price row says."""
+    table = price_table.get("all", "all", _load_prices)
+    return sorted(key for key, prices in table.items() if kind is None or prices[0].kind == kind)
+
+
+def chat_models() -> list[tuple[str, str]]:
+    return priced_models(kind=ModelKind.CHAT)
+
+
+def embedding_models() -> list[tuple[str, str]]:
+    return priced_models(kind=ModelKind.EMBEDDING)
 
 
 def price_for(*, provider: str, model: str, at: datetime | None = None) -> Price:

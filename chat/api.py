@@ -21,7 +21,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.documents import format_usd
-from billing.services import priced_models
 from chat.documents import content_type_for, document_create, document_delete, document_reingest
 from chat.idempotency import (
     body_fingerprint,
@@ -32,6 +31,7 @@ from chat.idempotency import (
 )
 from chat.models import Conversation, Document
 from chat.retrieval import retrieve
+from chat.selectors import available_chat_models
 from chat.serializers import (
     ChatCompletionRequestSerializer,
     ChatRequestSerializer,
@@ -618,10 +618,8 @@ class ModelsView(TenantAPIView):
         responses=OpenApiTypes.OBJECT, summary="OpenAI-compatible list of the models this tenant may use"
     )
     def get(self, request: Request) -> Response:
-        models = priced_models()
         data = [
             {"id": model, "object": "model", "created": 0, "owned_by": provider}
-            for provider, model in models
-            if self.tenant.allows_model(model)
+            for provider, model in available_chat_models(tenant=self.tenant)
         ]
         return Response({"object": "list", "data": data})

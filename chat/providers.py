@@ -615,6 +615,16 @@ class LocalProvider:
         yield self._usage(request, text)
 
 
+def provider_configured(name: str) -> bool:
+    """Whether the deployment gave this provider credentials or a base URL of its own (a local
+    OpenAI-compatible server may need no key). An unconfigured provider is never called."""
+    if name == "openai":
+        return bool(settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL)
+    if name == "anthropic":
+        return bool(settings.ANTHROPIC_API_KEY or settings.ANTHROPIC_BASE_URL)
+    return name == "local"
+
+
 PROVIDERS: dict[str, Provider] = {
     "openai": OpenAIProvider(),
     "anthropic": AnthropicProvider(),

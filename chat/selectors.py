@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from billing.services import chat_models
 from chat.circuit import CircuitState, circuit_state
 from chat.models import ChatSettings
+from chat.providers import provider_configured
+from tenants.models import Tenant
+
+
+def available_chat_models(*, tenant: Tenant) -> list[tuple[str, str]]:
+    """(provider, model) of the chat models this tenant may use: priced, of a configured provider,
+    and allowed for the tenant. What /v1/models lists."""
+    return [
+        (provider, model)
+        for provider, model in chat_models()
+        if provider_configured(provider) and tenant.allows_model(model)
+    ]
 
 
 def known_circuits() -> list[CircuitState]:

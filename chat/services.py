@@ -32,6 +32,7 @@ from billing.services import (
     budget_release,
     budget_reserve,
     budget_settle,
+    embedding_models,
     priced_models,
     usage_record,
 )
@@ -47,7 +48,7 @@ from chat.fallback import (
 )
 from chat.guards import StreamRedactor, injection_findings, redact
 from chat.models import ChatSettings, Conversation, GuardPolicy, Message
-from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, Usage
+from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, Usage, provider_configured
 from chat.retrieval import RetrievedChunk, retrieve
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens, input_token_bound
@@ -158,24 +159,42 @@ def default_chain() -> list[str]:
     if settings.CHAT_DEFAULT_FALLBACK_CHAIN:
         return list(settings.CHAT_DEFAULT_FALLBACK_CHAIN)
     chain = []
-    if settings.OPENAI_API_KEY:
+    if provider_configured("openai"):
         chain.append("openai:gpt-4o-mini")
-    if settings.ANTHROPIC_API_KEY:
+    if provider_configured("anthropic"):
         chain.append("anthropic:claude-haiku-4-5")
     return [*chain, "local:local"]
 
 
 def _target_for_model(model: str) -> Target:
+    """The target serving a requested model; 400 for a model that is unknown, embeds, or belongs to
+    a provider this deployment has not configured (which is never called)."""
     if ":" in model:
-        return validate_target(model)
-    providers = sorted({provider for provider, name in priced_models() if name == model})
-    if not providers:
+        candidates = [validate_target(model)]
+    else:
+        candidates = [Target(provider, name) for provider, name in priced_models() if name == model]
+        if not candidates:
+            raise DomainError(
+                f"Unknown model '{model}'. GET /v1/models lists the models you can use.",
+                param="model",
+                code="model_not_found",
+            )
+    embedders = set(embedding_models())
+    if all((target.provider, target.model) in embedders for target in candidates):
         raise DomainError(
-            f"Unknown model '{model}'. GET /v1/models lists the models you can use.",
+            f"'{model}' is an embedding model, not a chat model. GET /v1/models lists the chat models.",
             param="model",
-            code="model_not_found",
+            code="model_not_available",
         )
-    return Target(providers[0], model)
+    configured = [target for target in candidates if provider_configured(target.provider)]
+    if not configured:
+        raise DomainError(
+            f"Model '{model}' is not available: its provider ({candidates[0].provider}) is not configured "
+            "on this deployment. GET /v1/models lists the models you can use.",
+            param="model",
+            code="model_not_available",
+        )
+    return configured[0]
 
 
 def is_simple(text: str, chat_settings: ChatSettings) -> bool:
@@ -217,7 +236,16 @@ def resolve_targets(
             status_code=403,
             code="model_not_allowed",
         )
-    return unique, reason
+    # A chain entry of a provider without credentials is deployment configuration, not the
+    # client's doing: it is skipped, never called.
+    callable_targets = [target for target in unique if provider_configured(target.provider)]
+    if not callable_targets:
+        raise ApiError(
+            "No provider of this tenant's fallback chain is configured on this deployment.",
+            status_code=503,
+            code="no_provider_configured",
+        )
+    return callable_targets, reason
 
 
 # --- conversations ----------------------------------------------------------------------------------

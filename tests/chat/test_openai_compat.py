@@ -78,6 +78,53 @@ def test_models_lists_the_tenants_allowed_models(sdk, tenant):
     assert "claude-haiku-4-5" not in ids
 
 
+@pytest.fixture
+def offline_sdk(live_server, tenant, make_key, settings):
+    """No provider configured: neither credentials nor a base URL for OpenAI or Anthropic."""
+    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
+    settings.OPENAI_BASE_URL = settings.ANTHROPIC_BASE_URL = None
+    _, raw_key = make_key(tenant, scopes=["chat"])
+    return openai.OpenAI(api_key=raw_key, base_url=f"{live_server.url}/v1", max_retries=0)
+
+
+def test_models_lists_only_chat_models_of_configured_providers(offline_sdk, settings, openai_server):
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "", None  # the fake exists, but is not configured
+    assert [model.id for model in offline_sdk.models.list()] == ["local"]
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-openai-key", openai_server.base_url
+    listed = {(model.owned_by, model.id) for model in offline_sdk.models.list()}
+    assert {("openai", "gpt-4o-mini"), ("local", "local")} <= listed
+    assert not {provider for provider, _ in listed} - {"openai", "local"}  # no Anthropic without a key
+    assert not {model for _, model in listed} & {"text-embedding-3-small", "hashing-embedder"}
+
+
+@pytest.mark.parametrize("model", ["hashing-embedder", "text-embedding-3-small", "local:hashing-embedder"])
+def test_an_embedding_model_is_no_chat_model(sdk, upstreams, model):
+    openai_server, _ = upstreams
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=model, messages=QUESTION)
+    assert (refused.value.body["code"], refused.value.body["param"]) == ("model_not_available", "model")
+    assert openai_server.requests == []
+    assert not UsageEntry.objects.exists()
+
+
+def test_a_model_of_an_unconfigured_provider_is_refused_and_never_called(offline_sdk, tenant):
+    with pytest.raises(openai.BadRequestError) as refused:
+        offline_sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+    assert refused.value.body["code"] == "model_not_available"
+    assert "openai" in refused.value.body["message"]
+    trace = Trace.objects.get()
+    assert (trace.status, trace.attempts) == ("refused", 0)
+    assert not trace.spans.filter(name="provider").exists()
+
+
+def test_a_chain_skips_providers_that_are_not_configured(offline_sdk, settings):
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "local:local"]
+    completion = offline_sdk.chat.completions.create(model="local", messages=QUESTION)
+    assert completion.model == "local"
+    spans = Trace.objects.get().spans.filter(name="provider")
+    assert [span.attributes["provider"] for span in spans] == ["local"]  # no attempt to reach the others
+
+
 def test_errors_reach_the_sdk_in_openai_shape(sdk, live_server, tenant):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="tk_nope", base_url=f"{live_server.url}/v1", max_retries=0).models.list()
