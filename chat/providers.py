@@ -30,7 +30,7 @@ import openai
 from django.conf import settings
 
 from chat.embeddings import words
-from chat.tokens import estimate_message_tokens, estimate_tokens
+from chat.tokens import CHARS_PER_TOKEN, estimate_message_tokens, estimate_tokens
 from chat.transport import deadline, sdk_http_client
 
 logger = logging.getLogger(__name__)
@@ -579,8 +579,14 @@ class LocalProvider:
             answer = (
                 f'(local model) You asked: "{summary}". No external model is configured to answer in full.'
             )
-        words = answer.split(" ")
-        return cut_at_stop(" ".join(words[: max(request.max_tokens, 1)]), request.stop)
+        return cut_at_stop(answer, request.stop)
+
+    @staticmethod
+    def _within_max_tokens(text: str, max_tokens: int) -> tuple[str, str]:
+        """The answer cut to max_tokens as we count them, and its finish reason ("length" when cut)."""
+        if estimate_tokens(text) <= max_tokens:
+            return text, "stop"
+        return text[: max_tokens * CHARS_PER_TOKEN], "length"
 
     @staticmethod
     def _best_sentences(context: str, question: str, count: int = 2) -> list[str]:
@@ -601,17 +607,17 @@ class LocalProvider:
         return Usage(estimate_message_tokens(request.messages), 0, estimate_tokens(text))
 
     def complete(self, request: ProviderRequest) -> Completion:
-        text = self._answer(request)
-        return Completion(text, self._usage(request, text))
+        text, finish_reason = self._within_max_tokens(self._answer(request), request.max_tokens)
+        return Completion(text, self._usage(request, text), finish_reason)
 
     def stream(self, request: ProviderRequest) -> Iterator[str | Usage | Finish]:
-        text = self._answer(request)
+        text, finish_reason = self._within_max_tokens(self._answer(request), request.max_tokens)
         words = text.split(" ")
         for index, word in enumerate(words):
             piece = word if index == 0 else " " + word
             if piece:  # an answer cut to nothing by a stop sequence has no text to send
                 yield piece
-        yield Finish("stop")
+        yield Finish(finish_reason)
         yield self._usage(request, text)
 
 

@@ -125,6 +125,27 @@ def test_a_chain_skips_providers_that_are_not_configured(offline_sdk, settings):
     assert [span.attributes["provider"] for span in spans] == ["local"]  # no attempt to reach the others
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_local_model_keeps_to_max_tokens(offline_sdk, stream):
+    if stream:
+        chunks = list(
+            offline_sdk.chat.completions.create(
+                model="local",
+                messages=QUESTION,
+                max_tokens=3,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+        usage = chunks[-1].usage
+    else:
+        completion = offline_sdk.chat.completions.create(model="local", messages=QUESTION, max_tokens=3)
+        finish, usage = completion.choices[0].finish_reason, completion.usage
+    assert finish == "length"
+    assert 0 < usage.completion_tokens <= 3
+
+
 def test_errors_reach_the_sdk_in_openai_shape(sdk, live_server, tenant):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="tk_nope", base_url=f"{live_server.url}/v1", max_retries=0).models.list()
