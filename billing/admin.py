@@ -302,6 +302,11 @@ class InvoiceAdmin(admin.ModelAdmin):
             except DomainError as error:
                 messages.error(request, error.message)
             else:
+                if replacement is None:
+                    messages.success(
+                        request, f"Voided {invoice}; its month has no usage, so it has no replacement."
+                    )
+                    return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[invoice.pk]))
                 messages.success(request, f"Voided {invoice}; this is its replacement draft.")
                 return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[replacement.pk]))
         return TemplateResponse(
@@ -348,25 +353,42 @@ class InvoiceAdmin(admin.ModelAdmin):
             request.POST or None, initial={"period": f"{previous_month(timezone.localdate()):%Y-%m}"}
         )
         if request.method == "POST" and form.is_valid():
-            invoices = invoices_generate_for_period(
-                period=form.cleaned_data["period"], actor=actor_for(request)
-            )
-            messages.success(request, f"{len(invoices)} draft(s) generated or refreshed.")
-            return HttpResponseRedirect(reverse("admin:billing_invoice_changelist") + "?status__exact=draft")
+            try:
+                invoices = invoices_generate_for_period(
+                    period=form.cleaned_data["period"], actor=actor_for(request)
+                )
+            except DomainError as error:
+                messages.error(request, error.message)
+            else:
+                messages.success(request, f"{len(invoices)} draft(s) generated or refreshed.")
+                return HttpResponseRedirect(
+                    reverse("admin:billing_invoice_changelist") + "?status__exact=draft"
+                )
         return TemplateResponse(
             request, "admin/billing/generate.html", self._context(request, "Generate invoices", form=form)
         )
 
     @admin.action(description="Regenerate selected drafts from the ledger", permissions=["change"])
     def regenerate_drafts(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        regenerated = 0
         for invoice in queryset.filter(status=InvoiceStatus.DRAFT).select_related("tenant"):
-            invoice_generate(tenant=invoice.tenant, period=invoice.period, actor=actor_for(request))
-        self.message_user(request, "Drafts regenerated.", messages.SUCCESS)
+            try:
+                invoice_generate(tenant=invoice.tenant, period=invoice.period, actor=actor_for(request))
+            except DomainError as error:
+                self.message_user(request, error.message, messages.WARNING)
+            else:
+                regenerated += 1
+        self.message_user(request, f"{regenerated} draft(s) regenerated.", messages.SUCCESS)
 
     @admin.action(description="Finalize selected drafts (assigns invoice numbers)", permissions=["change"])
     def finalize_drafts(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        finalized = 0
         for invoice in queryset.order_by("pk"):
             try:
                 invoice_finalize(invoice=invoice, actor=actor_for(request))
             except DomainError as error:
                 self.message_user(request, error.message, messages.WARNING)
+            else:
+                finalized += 1
+        if finalized:
+            self.message_user(request, f"{finalized} invoice(s) finalized.", messages.SUCCESS)

@@ -59,6 +59,12 @@ class ModelNotPriced(DomainError):
     code = "model_not_priced"
 
 
+class NothingToInvoice(DomainError):
+    """The month has not started, or the tenant has no ledger entry in it: no invoice is drafted."""
+
+    code = "nothing_to_invoice"
+
+
 # --- prices -------------------------------------------------------------------------------------------
 
 
@@ -745,10 +751,33 @@ ORDER BY u.provider, u.model, u.kind, p.input_per_mtok
 """
 
 
+def invoice_period_check(*, period: date, finalizing: bool, now: datetime | None = None) -> None:
+    """Refuses a month that has not started and, to finalize, one that has not ended: its later usage
+    would never be billed, and the gapless number it took could not be given back."""
+    now = now or timezone.now()
+    start, end = period_bounds(period)
+    if start > now:
+        raise NothingToInvoice(
+            f"{period:%Y-%m} has not started yet; there is nothing to invoice.",
+            param="period",
+            code="period_in_future",
+        )
+    if finalizing and end > now:
+        raise ConflictError(
+            f"{period:%Y-%m} has not ended yet; its invoices can be finalized from {end:%Y-%m-%d %H:%M %Z}.",
+            param="period",
+            code="period_not_ended",
+        )
+
+
 @transaction.atomic
-def invoice_generate(*, tenant: Tenant, period: date, actor: str) -> Invoice:
-    """Creates or refreshes the draft for a month, aggregated in SQL from the ledger."""
+def invoice_generate(*, tenant: Tenant, period: date, actor: str, now: datetime | None = None) -> Invoice:
+    """Creates or refreshes the draft for a month, aggregated in SQL from the ledger.
+
+    The current month may be drafted (a preview); a future month, or one in which the tenant has
+    no ledger entry, raises NothingToInvoice and writes nothing."""
     period = period.replace(day=1)
+    invoice_period_check(period=period, finalizing=False, now=now)
     invoice = (
         Invoice.objects.select_for_update()
         .filter(tenant=tenant, period=period)
@@ -757,13 +786,17 @@ def invoice_generate(*, tenant: Tenant, period: date, actor: str) -> Invoice:
     )
     if invoice is not None and invoice.status != InvoiceStatus.DRAFT:
         raise ConflictError(f"The {period:%Y-%m} invoice is already finalized ({invoice.number}).")
-    if invoice is None:
-        invoice = Invoice.objects.create(tenant=tenant, period=period, billed_to=tenant.name)
-        audit_event_record(tenant=tenant, actor=actor, action="invoice.generate", target=invoice)
     start, end = period_bounds(period)
     with connection.cursor() as cursor:
         cursor.execute(INVOICE_LINES_SQL, {"tenant_id": tenant.pk, "start": start, "end": end})
         rows = cursor.fetchall()
+    if not rows:
+        raise NothingToInvoice(
+            f"{tenant.slug} has no usage in {period:%Y-%m}; no invoice is drafted.", code="no_usage"
+        )
+    if invoice is None:
+        invoice = Invoice.objects.create(tenant=tenant, period=period, billed_to=tenant.name)
+        audit_event_record(tenant=tenant, actor=actor, action="invoice.generate", target=invoice)
     invoice.lines.all().delete()
     InvoiceLine.objects.bulk_create(
         [
@@ -806,12 +839,18 @@ def invoice_generate(*, tenant: Tenant, period: date, actor: str) -> Invoice:
 
 
 @transaction.atomic
-def invoice_finalize(*, invoice: Invoice, actor: str) -> Invoice:
-    """Draft -> finalized with the next number of the year; the counter row lock keeps it gapless."""
+def invoice_finalize(*, invoice: Invoice, actor: str, now: datetime | None = None) -> Invoice:
+    """Draft -> finalized with the next number of the year; the counter row lock keeps it gapless.
+
+    Every refusal comes before the counter row is touched, so a refused draft takes no number."""
+    now = now or timezone.now()
     locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
     if locked.status != InvoiceStatus.DRAFT:
         raise ConflictError(f"Invoice {locked} is {locked.status}; only a draft can be finalized.")
-    now = timezone.now()
+    invoice_period_check(period=locked.period, finalizing=True, now=now)
+    if locked.entry_count == 0:
+        # Only drafts made before empty months were refused can be empty; they stay unnumbered.
+        raise NothingToInvoice(f"Invoice {locked} bills no usage; it is not finalized.", code="no_usage")
     InvoiceSequence.objects.get_or_create(year=now.year)
     sequence = InvoiceSequence.objects.select_for_update().get(year=now.year)
     sequence.last_number += 1
@@ -831,8 +870,11 @@ def invoice_finalize(*, invoice: Invoice, actor: str) -> Invoice:
 
 
 @transaction.atomic
-def invoice_void(*, invoice: Invoice, reason: str, actor: str) -> Invoice:
-    """Voids a finalized invoice and opens its replacement draft (regenerated from the ledger)."""
+def invoice_void(*, invoice: Invoice, reason: str, actor: str) -> Invoice | None:
+    """Voids a finalized invoice and opens its replacement draft (regenerated from the ledger).
+
+    Returns None when the month has no usage: the ledger is append-only, so that is only a $0
+    invoice numbered before empty months were refused, and voiding it is the whole correction."""
     if not reason.strip():
         raise DomainError("A void needs a reason.", param="reason")
     locked = Invoice.objects.select_for_update().select_related("tenant").get(pk=invoice.pk)
@@ -849,7 +891,10 @@ def invoice_void(*, invoice: Invoice, reason: str, actor: str) -> Invoice:
         target=locked,
         changes={"status": [InvoiceStatus.FINALIZED, InvoiceStatus.VOID]},
     )
-    replacement = invoice_generate(tenant=locked.tenant, period=locked.period, actor=actor)
+    try:
+        replacement = invoice_generate(tenant=locked.tenant, period=locked.period, actor=actor)
+    except NothingToInvoice:
+        return None
     replacement.replaces = locked
     replacement.save(update_fields=["replaces"])
     return replacement
@@ -859,7 +904,9 @@ def previous_month(today: date) -> date:
     return (today.replace(day=1) - timedelta(days=1)).replace(day=1)
 
 
-def invoices_generate_for_period(*, period: date, actor: str) -> list[Invoice]:
+def invoices_generate_for_period(*, period: date, actor: str, now: datetime | None = None) -> list[Invoice]:
+    """Drafts the month for every tenant with usage in it; a future month is refused up front."""
+    invoice_period_check(period=period, finalizing=False, now=now)
     start, end = period_bounds(period)
     tenant_ids = (
         Tenant.objects.filter(usage_entries__created_at__gte=start, usage_entries__created_at__lt=end)
@@ -869,19 +916,25 @@ def invoices_generate_for_period(*, period: date, actor: str) -> list[Invoice]:
     invoices = []
     for tenant in Tenant.objects.filter(pk__in=list(tenant_ids)):
         try:
-            invoices.append(invoice_generate(tenant=tenant, period=period, actor=actor))
+            invoices.append(invoice_generate(tenant=tenant, period=period, actor=actor, now=now))
         except ConflictError:
             logger.info("invoice for %s %s already finalized", tenant.slug, period)
     return invoices
 
 
-def invoices_finalize_due(*, today: date, actor: str) -> list[Invoice]:
-    """Finalizes drafts whose month ended more than INVOICE_FINALIZE_GRACE_DAYS ago."""
+def invoices_finalize_due(*, today: date, actor: str, now: datetime | None = None) -> list[Invoice]:
+    """Finalizes drafts whose month ended more than INVOICE_FINALIZE_GRACE_DAYS ago.
+
+    A draft the services refuse (an old empty one) is skipped, so it cannot hold up the others."""
     cutoff = today - timedelta(days=settings.INVOICE_FINALIZE_GRACE_DAYS)
     finalized = []
     for invoice in Invoice.objects.filter(status=InvoiceStatus.DRAFT).select_related("tenant"):
         _, end = period_bounds(invoice.period)
-        if end.date() <= cutoff:
-            invoice_generate(tenant=invoice.tenant, period=invoice.period, actor=actor)
-            finalized.append(invoice_finalize(invoice=invoice, actor=actor))
+        if end.date() > cutoff:
+            continue
+        try:
+            invoice_generate(tenant=invoice.tenant, period=invoice.period, actor=actor, now=now)
+            finalized.append(invoice_finalize(invoice=invoice, actor=actor, now=now))
+        except DomainError as error:
+            logger.warning("invoice %s not finalized: %s", invoice.pk, error.message)
     return finalized

@@ -11,16 +11,16 @@ from typing import Any
 
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
-from django.utils import timezone
 
 from billing.models import Invoice
-from billing.services import invoice_finalize, invoice_generate, usage_record
+from billing.services import invoice_finalize, invoice_generate
 from chat.documents import document_create
 from chat.models import Chunk, Conversation, Document, Message
 from prompts.models import PromptTemplate
 from prompts.services import experiment_start, prompt_template_create, prompt_version_create
 from tenants.models import ApiKey, Scope, Tenant
 from tenants.services import api_key_create
+from tests.billing.conftest import last_month, usage_record_at
 from tests.conftest import client_with_key
 
 HTTP_METHODS = ["get", "post", "put", "patch", "delete"]
@@ -66,9 +66,9 @@ def _prompt_experiment(tenant: Tenant) -> tuple[dict[str, str], State]:
 
 
 def _invoice(tenant: Tenant) -> tuple[dict[str, str], State]:
-    usage_record(tenant=tenant, request_id="secret", kind="completion", provider="local", model="local")
+    usage_record_at(tenant, last_month(), request_id="secret", provider="local", model="local")
     invoice = invoice_finalize(
-        invoice=invoice_generate(tenant=tenant, period=timezone.localdate(), actor="t"), actor="t"
+        invoice=invoice_generate(tenant=tenant, period=last_month(), actor="t"), actor="t"
     )
     return {"pk": str(invoice.pk)}, lambda: Invoice.objects.filter(pk=invoice.pk).values().get()
 

@@ -9,9 +9,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from billing.models import BudgetAlert, Invoice, TenantBudget
+from billing.models import BudgetAlert, Invoice, InvoiceSequence, TenantBudget
 from billing.services import budget_reserve, budget_update, invoice_finalize, invoice_generate, usage_record
 from tenants.models import Scope, Tenant
+from tests.billing.conftest import last_month, usage_record_at
 from tests.conftest import client_with_key
 
 
@@ -33,9 +34,10 @@ def charge(tenant, request_id, model="gpt-4o-mini", input_tokens=1000, output_to
 
 
 def finalized_invoice(tenant) -> Invoice:
-    charge(tenant, "r1")
+    """Last month's: a month in progress cannot be finalized."""
+    usage_record_at(tenant, last_month(), request_id="r1")
     return invoice_finalize(
-        invoice=invoice_generate(tenant=tenant, period=timezone.localdate(), actor="t"), actor="t"
+        invoice=invoice_generate(tenant=tenant, period=last_month(), actor="t"), actor="t"
     )
 
 
@@ -92,7 +94,8 @@ def test_bad_usage_queries_are_400(billing_client, query, param):
 
 def test_invoices_json_html_pdf_csv(tenant, billing_client):
     invoice = finalized_invoice(tenant)
-    invoice_generate(tenant=tenant, period=timezone.localdate() - timedelta(days=40), actor="t")  # a draft
+    charge(tenant, "r2")
+    invoice_generate(tenant=tenant, period=timezone.localdate(), actor="t")  # a draft
     listed = billing_client.get("/api/v1/invoices").json()["results"]
     assert [item["number"] for item in listed] == [invoice.number]  # drafts are not shown to tenants
     detail = billing_client.get(f"/api/v1/invoices/{invoice.pk}").json()
@@ -155,13 +158,39 @@ def test_create_tenant_with_a_bad_budget_creates_nothing(db):
 
 
 def test_generate_invoices_command(tenant):
-    charge(tenant, "r1")
+    usage_record_at(tenant, last_month(), request_id="r1")
     out = io.StringIO()
-    call_command("generate_invoices", "--period", f"{timezone.localdate():%Y-%m}", "--finalize", stdout=out)
+    call_command("generate_invoices", "--period", f"{last_month():%Y-%m}", "--finalize", stdout=out)
     invoice = Invoice.objects.get(tenant=tenant)
     assert invoice.number in out.getvalue()
     with pytest.raises(CommandError, match="2026-10"):
         call_command("generate_invoices", "--period", "October", stdout=io.StringIO())
+
+
+def test_generate_invoices_command_refuses_to_finalize_a_month_in_progress(tenant):
+    charge(tenant, "r1")
+    month = f"{timezone.localdate():%Y-%m}"
+    for extra in ([], ["--tenant", tenant.slug]):
+        with pytest.raises(CommandError, match=f"{month} has not ended yet"):
+            call_command("generate_invoices", "--period", month, "--finalize", *extra, stdout=io.StringIO())
+    assert not Invoice.objects.exists()  # refused before any draft was written
+    assert not InvoiceSequence.objects.exists()
+    out = io.StringIO()
+    call_command("generate_invoices", "--period", month, stdout=out)  # a draft is a preview
+    assert Invoice.objects.get(tenant=tenant).status == "draft"
+
+
+def test_generate_invoices_command_refuses_future_months_and_idle_tenants(tenant, other_tenant):
+    charge(tenant, "r1")
+    for month in ["2099-01", f"{timezone.localdate() + timedelta(days=32):%Y-%m}"]:
+        with pytest.raises(CommandError, match=f"{month} has not started"):
+            call_command("generate_invoices", "--period", month, stdout=io.StringIO())
+    month = f"{timezone.localdate():%Y-%m}"
+    with pytest.raises(CommandError, match=f"{other_tenant.slug} has no usage in {month}"):
+        call_command(
+            "generate_invoices", "--period", month, "--tenant", other_tenant.slug, stdout=io.StringIO()
+        )
+    assert not Invoice.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -185,8 +214,8 @@ def test_billing_admin_pages(admin_client, client, tenant, url):
 
 
 def test_admin_generates_finalizes_downloads_and_voids(admin_client, tenant):
-    charge(tenant, "r1")
-    period = f"{timezone.localdate():%Y-%m}"
+    usage_record_at(tenant, last_month(), request_id="r1")
+    period = f"{last_month():%Y-%m}"
     assert admin_client.post("/admin/billing/invoice/generate/", {"period": period}).status_code == 302
     invoice = Invoice.objects.get(tenant=tenant)
     admin_client.post(
@@ -202,6 +231,30 @@ def test_admin_generates_finalizes_downloads_and_voids(admin_client, tenant):
     assert response.status_code == 302
     assert Invoice.objects.get(pk=invoice.pk).status == "void"
     assert Invoice.objects.get(replaces=invoice).status == "draft"
+
+
+def test_admin_refuses_to_finalize_a_month_in_progress(admin_client, tenant):
+    charge(tenant, "r1")
+    draft = invoice_generate(tenant=tenant, period=timezone.localdate(), actor="t")
+    response = admin_client.post(
+        "/admin/billing/invoice/",
+        {"action": "finalize_drafts", "_selected_action": [draft.pk]},
+        follow=True,
+    )
+    shown = [str(message) for message in response.context["messages"]]
+    assert any(f"{timezone.localdate():%Y-%m} has not ended yet" in message for message in shown), shown
+    draft.refresh_from_db()
+    assert (draft.status, draft.number) == ("draft", None)
+    assert not InvoiceSequence.objects.exists()
+
+
+def test_admin_refuses_to_generate_a_future_month(admin_client, tenant):
+    charge(tenant, "r1")
+    response = admin_client.post("/admin/billing/invoice/generate/", {"period": "2099-01"})
+    assert response.status_code == 200
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown == ["2099-01 has not started yet; there is nothing to invoice."]
+    assert not Invoice.objects.exists()
 
 
 def test_admin_budget_edit_goes_through_the_service(admin_client, tenant):

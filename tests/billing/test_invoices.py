@@ -16,16 +16,21 @@ from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from billing.documents import format_usd, invoice_csv, invoice_pdf
-from billing.models import ImmutableInvoiceError, Invoice, InvoiceStatus, UsageEntry
+from billing.models import ImmutableInvoiceError, Invoice, InvoiceSequence, InvoiceStatus, UsageEntry
 from billing.services import (
+    NothingToInvoice,
     invoice_finalize,
     invoice_generate,
     invoice_void,
     invoices_finalize_due,
+    invoices_generate_for_period,
+    period_bounds,
     usage_record,
 )
 from tenants.errors import ConflictError
+from tenants.models import AuditEvent
 from tenants.services import tenant_create
+from tests.billing.conftest import last_month, usage_record_at
 
 MODELS = [
     ("openai", "gpt-4o-mini"),
@@ -39,18 +44,24 @@ def this_month() -> date:
     return timezone.localdate().replace(day=1)
 
 
-def record_usage(tenant, entries):
+def record_usage(tenant, entries, month=None):
+    """Entries now, or in `month` (a month that has ended can be finalized)."""
     for index, (provider, model, input_tokens, cached, output, kind) in enumerate(entries):
-        usage_record(
-            tenant=tenant,
-            request_id=f"req-{index}",
-            kind=kind,
-            provider=provider,
-            model=model,
-            input_tokens=input_tokens,
-            cached_input_tokens=cached,
-            output_tokens=output,
-        )
+        tokens = {"input_tokens": input_tokens, "cached_input_tokens": cached, "output_tokens": output}
+        if month is None:
+            usage_record(
+                tenant=tenant, request_id=f"req-{index}", kind=kind, provider=provider, model=model, **tokens
+            )
+        else:
+            usage_record_at(
+                tenant,
+                month,
+                request_id=f"req-{month}-{index}",
+                kind=kind,
+                provider=provider,
+                model=model,
+                **tokens,
+            )
 
 
 def test_invoice_groups_by_model_and_kind_and_totals_the_ledger(tenant):
@@ -103,6 +114,10 @@ def test_invoice_total_equals_the_ledger_exactly(db, entries):
     # Hypothesis runs every example in the one test transaction: each needs a tenant of its own.
     tenant = tenant_create(name=f"Prop {uuid.uuid4().hex}", actor="t")
     record_usage(tenant, [(p, m, i, c, o, k) for (p, m), i, c, o, k in entries])
+    if not entries:
+        with pytest.raises(NothingToInvoice):
+            invoice_generate(tenant=tenant, period=this_month(), actor="t")
+        return
     invoice = invoice_generate(tenant=tenant, period=this_month(), actor="t")
     ledger_total = sum(UsageEntry.objects.filter(tenant=tenant).values_list("cost_nanos", flat=True))
     assert invoice.total_nanos == ledger_total
@@ -114,14 +129,105 @@ def test_invoice_total_equals_the_ledger_exactly(db, entries):
 
 def test_only_the_periods_entries_are_invoiced(tenant):
     record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")])
-    last_month = (this_month() - timedelta(days=1)).replace(day=1)
-    assert invoice_generate(tenant=tenant, period=last_month, actor="t").total_nanos == 0
+    record_usage(tenant, [("openai", "gpt-4o-mini", 1000, 0, 1000, "completion")], month=last_month())
+    invoice = invoice_generate(tenant=tenant, period=last_month(), actor="t")
+    assert [line.model for line in invoice.lines.all()] == ["gpt-4o-mini"]
+    assert invoice.entry_count == 1
+
+
+def test_a_month_without_usage_gets_no_invoice(tenant, other_tenant):
+    """Neither a tenant idle that month nor a month before the tenant existed takes a draft."""
+    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")])
+    with pytest.raises(NothingToInvoice, match=f"has no usage in {this_month():%Y-%m}"):
+        invoice_generate(tenant=other_tenant, period=this_month(), actor="t")
+    with pytest.raises(NothingToInvoice, match="has no usage in 2020-01"):
+        invoice_generate(tenant=tenant, period=date(2020, 1, 1), actor="t")
+    assert not Invoice.objects.exists()
+    assert not AuditEvent.objects.filter(action="invoice.generate").exists()
+    drafted = invoices_generate_for_period(period=this_month(), actor="t")
+    assert [invoice.tenant_id for invoice in drafted] == [tenant.pk]
+
+
+def test_a_future_month_gets_no_draft(tenant):
+    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")])
+    next_month = period_bounds(this_month())[1].date()
+    for period in (next_month, date(2099, 1, 1)):
+        with pytest.raises(NothingToInvoice, match=f"{period:%Y-%m} has not started"):
+            invoice_generate(tenant=tenant, period=period, actor="t")
+        with pytest.raises(NothingToInvoice, match=f"{period:%Y-%m} has not started"):
+            invoices_generate_for_period(period=period, actor="t")
+    # Seen from the eve of this month, this month is the future too.
+    with pytest.raises(NothingToInvoice, match="has not started"):
+        invoice_generate(
+            tenant=tenant,
+            period=this_month(),
+            actor="t",
+            now=period_bounds(this_month())[0] - timedelta(seconds=1),
+        )
+    assert not Invoice.objects.exists()
+
+
+def test_the_month_in_progress_drafts_but_is_not_finalized_and_takes_no_number(tenant):
+    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")])
+    draft = invoice_generate(tenant=tenant, period=this_month(), actor="t")  # a preview is allowed
+    assert draft.entry_count == 1
+    end = period_bounds(this_month())[1]
+    with pytest.raises(
+        ConflictError, match=f"{this_month():%Y-%m} has not ended yet.*from {end:%Y-%m-%d} 00:00"
+    ):
+        invoice_finalize(invoice=draft, actor="t")
+    with pytest.raises(ConflictError, match="has not ended"):
+        invoice_finalize(invoice=draft, actor="t", now=end - timedelta(microseconds=1))
+    draft.refresh_from_db()
+    assert (draft.status, draft.number, draft.finalized_at) == (InvoiceStatus.DRAFT, None, None)
+    assert not InvoiceSequence.objects.exists()
+    assert not AuditEvent.objects.filter(action="invoice.finalize").exists()
+    # Once the month is over the same draft is finalized, with the first number of its year.
+    finalized = invoice_finalize(invoice=draft, actor="t", now=end)
+    assert finalized.number == f"INV-{end.year}-000001"
+
+
+def test_a_refused_finalize_leaves_the_numbers_gapless(tenant, other_tenant):
+    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")])
+    record_usage(other_tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")], month=last_month())
+    current = invoice_generate(tenant=tenant, period=this_month(), actor="t")
+    with pytest.raises(ConflictError):
+        invoice_finalize(invoice=current, actor="t")
+    ended = invoice_generate(tenant=other_tenant, period=last_month(), actor="t")
+    assert invoice_finalize(invoice=ended, actor="t").number == f"INV-{timezone.now().year}-000001"
+
+
+def test_an_old_empty_draft_is_never_numbered(tenant, settings):
+    """A $0 draft made before empty months were refused is neither finalized nor holds up beat."""
+    settings.INVOICE_FINALIZE_GRACE_DAYS = 0
+    empty = Invoice.objects.create(tenant=tenant, period=last_month(), billed_to=tenant.name)
+    with pytest.raises(NothingToInvoice, match="bills no usage"):
+        invoice_finalize(invoice=empty, actor="t")
+    assert invoices_finalize_due(today=timezone.localdate(), actor="system") == []
+    empty.refresh_from_db()
+    assert (empty.status, empty.number) == (InvoiceStatus.DRAFT, None)
+    assert not InvoiceSequence.objects.exists()
+
+
+def test_voiding_a_zero_invoice_of_a_month_without_usage_opens_no_replacement(tenant):
+    """Such an invoice (numbered before future months were refused) is corrected by the void alone."""
+    stray = Invoice.objects.create(
+        tenant=tenant,
+        period=date(2099, 1, 1),
+        billed_to=tenant.name,
+        status=InvoiceStatus.FINALIZED,
+        number="INV-2026-000001",
+        finalized_at=timezone.now(),
+    )
+    assert invoice_void(invoice=stray, reason="issued for a future month", actor="t") is None
+    assert Invoice.objects.get(pk=stray.pk).status == InvoiceStatus.VOID
+    assert Invoice.objects.count() == 1
 
 
 def test_finalized_invoices_are_immutable_and_voided_by_a_replacement(tenant):
-    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")])
+    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")], month=last_month())
     invoice = invoice_finalize(
-        invoice=invoice_generate(tenant=tenant, period=this_month(), actor="t"), actor="t"
+        invoice=invoice_generate(tenant=tenant, period=last_month(), actor="t"), actor="t"
     )
     assert invoice.number == f"INV-{timezone.now().year}-000001"
     invoice.total_nanos = 1
@@ -130,10 +236,11 @@ def test_finalized_invoices_are_immutable_and_voided_by_a_replacement(tenant):
     with pytest.raises(ImmutableInvoiceError):
         invoice.delete()
     with pytest.raises(ConflictError):
-        invoice_generate(tenant=tenant, period=this_month(), actor="t")
+        invoice_generate(tenant=tenant, period=last_month(), actor="t")
     with pytest.raises(ConflictError):
         invoice_finalize(invoice=invoice, actor="t")
     replacement = invoice_void(invoice=Invoice.objects.get(pk=invoice.pk), reason="wrong address", actor="t")
+    assert replacement is not None
     assert Invoice.objects.get(pk=invoice.pk).status == InvoiceStatus.VOID
     assert replacement.status == InvoiceStatus.DRAFT
     assert replacement.replaces_id == invoice.pk
@@ -146,7 +253,8 @@ def test_concurrent_finalization_numbers_are_gapless_and_unique():
     drafts = []
     for index in range(12):
         tenant = tenant_create(name=f"Numbered {index}", actor="t")
-        drafts.append(invoice_generate(tenant=tenant, period=this_month(), actor="t"))
+        record_usage(tenant, [("local", "local", 10, 0, 10, "completion")], month=last_month())
+        drafts.append(invoice_generate(tenant=tenant, period=last_month(), actor="t"))
     barrier = threading.Barrier(len(drafts))
 
     def finalize(invoice: Invoice) -> str:
@@ -169,9 +277,10 @@ def test_pdf_and_csv_documents(tenant):
             ("openai", "gpt-4o-mini", 1234, 0, 567, "completion"),
             ("anthropic", "claude-sonnet-4-5", 100, 20, 30, "completion"),
         ],
+        month=last_month(),
     )
     invoice = invoice_finalize(
-        invoice=invoice_generate(tenant=tenant, period=this_month(), actor="t"), actor="t"
+        invoice=invoice_generate(tenant=tenant, period=last_month(), actor="t"), actor="t"
     )
     pdf = invoice_pdf(invoice)
     assert pdf.startswith(b"%PDF")
@@ -185,8 +294,8 @@ def test_pdf_and_csv_documents(tenant):
 
 def test_drafts_are_finalized_after_the_grace_period(tenant, settings):
     settings.INVOICE_FINALIZE_GRACE_DAYS = 3
-    last_month = (this_month() - timedelta(days=1)).replace(day=1)
-    draft = invoice_generate(tenant=tenant, period=last_month, actor="t")
+    record_usage(tenant, [("openai", "gpt-4o", 1000, 0, 1000, "completion")], month=last_month())
+    draft = invoice_generate(tenant=tenant, period=last_month(), actor="t")
     assert invoices_finalize_due(today=this_month() + timedelta(days=1), actor="system") == []
     finalized = invoices_finalize_due(today=this_month() + timedelta(days=3), actor="system")
     assert [invoice.pk for invoice in finalized] == [draft.pk]
