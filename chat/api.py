@@ -466,10 +466,32 @@ def _openai_usage(result: ChatResult) -> dict[str, Any]:
     }
 
 
+# Refusals that no wait within reason would end: an exhausted budget or monthly token quota.
+EXHAUSTED_QUOTA_CODES = frozenset({"budget_exceeded", "monthly_token_quota_exceeded"})
+
+
+def as_openai_insufficient_quota(response: Response) -> Response:
+    """OpenAI's own answer to an exhausted quota (429, type and code `insufficient_quota`), with
+    `x-should-retry: false`: OpenAI clients recognise it and raise at once. A 402 is a bare status
+    error to them, and the quota's Retry-After (the next month) had llama-index sleeping on it."""
+    error = response.data.get("error", {}) if isinstance(response.data, dict) else {}
+    if error.get("code") not in EXHAUSTED_QUOTA_CODES:
+        return response
+    error.update(type="insufficient_quota", code="insufficient_quota")
+    response.status_code = 429
+    response["x-should-retry"] = "false"
+    if response.has_header("Retry-After"):
+        del response["Retry-After"]
+    return response
+
+
 class ChatCompletionsView(IdempotentChatView):
     """POST /v1/chat/completions, for the official `openai` SDK with base_url=<server>/v1."""
 
     required_scope = Scope.CHAT
+
+    def handle_exception(self, exc: Exception) -> Response:
+        return as_openai_insufficient_quota(super().handle_exception(exc))
 
     @extend_schema(
         request=ChatCompletionRequestSerializer,

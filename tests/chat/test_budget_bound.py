@@ -58,9 +58,9 @@ def assert_within_budget_and_nothing_reserved(tenant, statuses: list[int]) -> No
     assert balance.spent_nanos == charged <= BUDGET_NANOS
     assert (balance.reserved_nanos, balance.tokens_reserved) == (0, 0)
     assert not Reservation.objects.exists()
-    assert set(statuses) <= {200, 402}  # answered, or refused for the budget
+    assert set(statuses) <= {200, 429}  # answered, or refused for the budget (insufficient_quota)
     assert statuses.count(200) == UsageEntry.objects.filter(tenant=tenant).count() > 0
-    assert statuses.count(402) > 0  # the budget did run out
+    assert statuses.count(429) > 0  # the budget did run out
 
 
 @pytest.mark.django_db(transaction=True)

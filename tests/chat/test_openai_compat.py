@@ -153,10 +153,10 @@ def test_errors_reach_the_sdk_in_openai_shape(sdk, live_server, tenant):
         sdk.chat.completions.create(model="gpt-4o-mini", messages=[])
     assert bad.value.body["param"] == "messages"
     budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("0.00"))
-    with pytest.raises(openai.APIStatusError) as refused:
+    with pytest.raises(openai.RateLimitError) as refused:
         sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
-    assert refused.value.status_code == 402
-    assert refused.value.body["type"] == "budget_exceeded"
+    assert refused.value.status_code == 429
+    assert refused.value.body["type"] == "insufficient_quota"
 
 
 def test_idempotency_key_replays_streams_and_json_without_a_second_call(sdk, tenant, upstreams):
