@@ -138,16 +138,16 @@ class PromptVersionInline(admin.TabularInline):
 
     @admin.display(description="")
     def actions_links(self, version: PromptVersion) -> str:
-        base = reverse("admin:prompts_prompttemplate_change", args=[version.template_id])
+        args = [version.template_id]
         return format_html(
-            '<a href="{}versions/new/?from={}">new version from this one</a> · '
-            '<a href="{}preview/?version={}">preview</a> · '
-            '<a href="{}diff/?a={}&b={}">diff with previous</a>',
-            base,
+            '<a href="{}?from={}">new version from this one</a> · '
+            '<a href="{}?version={}">preview</a> · '
+            '<a href="{}?a={}&b={}">diff with previous</a>',
+            reverse("admin:prompts_version_new", args=args),
             version.number,
-            base,
+            reverse("admin:prompts_version_preview", args=args),
             version.number,
-            base,
+            reverse("admin:prompts_version_diff", args=args),
             max(version.number - 1, 1),
             version.number,
         )
@@ -179,16 +179,15 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
     @admin.display(description="labels")
     def labels_summary(self, template: PromptTemplate) -> str:
-        base = reverse("admin:prompts_prompttemplate_change", args=[template.pk])
         rows = format_html_join(
             ", ",
             "{} → v{}",
             ((label.name, label.version.number) for label in template.labels.select_related("version")),
         )
         return format_html(
-            '{} &nbsp; <a class="button" href="{}labels/">Move labels / history / rollback</a>',
+            '{} &nbsp; <a class="button" href="{}">Move labels / history / rollback</a>',
             rows or "-",
-            base,
+            reverse("admin:prompts_labels", args=[template.pk]),
         )
 
     @admin.display(description="experiments")
