@@ -102,6 +102,8 @@ class TenantBudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="usage")
     def usage_link(self, budget: TenantBudget) -> str:
+        if budget.tenant_id is None:
+            return "-"
         url = reverse("admin:billing_tenant_usage") + f"?tenant={budget.tenant_id}"
         return format_html('<a href="{}">Usage of this tenant</a>', url)
 
