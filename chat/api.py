@@ -435,7 +435,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
 # --- OpenAI-compatible ------------------------------------------------------------------------------
 
 
-def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
+def completion_body(result: ChatResult, created: int, *, rag: bool = False) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{result.id}",
         "object": "chat.completion",
@@ -451,7 +451,7 @@ def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
         "usage": _openai_usage(result),
         "system_fingerprint": None,
         "x_trace_id": str(result.trace_id),  # ours: find the request's trace in the admin
-        **({"citations": result.citations} if result.citations else {}),  # ours, with "rag": true
+        **({"citations": result.citations} if rag else {}),  # ours, with "rag": true (maybe [])
     }
 
 
@@ -546,7 +546,9 @@ class ChatCompletionsView(IdempotentChatView):
         return self.answer_once(
             key,
             fingerprint,
-            lambda: completion_body(chat_complete(tenant=self.tenant, params=params), created),
+            lambda: completion_body(
+                chat_complete(tenant=self.tenant, params=params), created, rag=bool(params.rag)
+            ),
         )
 
     def _chunks(
@@ -599,10 +601,11 @@ class ChatCompletionsView(IdempotentChatView):
                         tenant=self.tenant,
                         key=key,
                         fingerprint=fingerprint,
-                        response=completion_body(event, created),
+                        response=completion_body(event, created, rag=bool(params.rag)),
                     )
                 finish = {"index": 0, "delta": {}, "finish_reason": event.finish_reason}
-                yield sse(None, {**base, "choices": [finish]})
+                citations = {"citations": event.citations} if params.rag else {}
+                yield sse(None, {**base, "choices": [finish], **citations})
                 if include_usage:
                     yield sse(None, {**base, "choices": [], "usage": _openai_usage(event)})
         yield "data: [DONE]\n\n"
@@ -627,7 +630,8 @@ def replayed_chunks(stored: dict[str, Any], include_usage: bool) -> Iterator[str
         },
     )
     finish = {"index": 0, "delta": {}, "finish_reason": stored["choices"][0]["finish_reason"]}
-    yield sse(None, {**base, "choices": [finish]})
+    citations = {"citations": stored["citations"]} if "citations" in stored else {}
+    yield sse(None, {**base, "choices": [finish], **citations})
     if include_usage:
         yield sse(None, {**base, "choices": [], "usage": stored["usage"]})
     yield "data: [DONE]\n\n"

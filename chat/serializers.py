@@ -89,10 +89,16 @@ _ASKING_FOR_NOTHING: dict[str, list[Any]] = {
 }
 
 
+# An empty object asks for something here: `web_search_options: {}` turns web search on.
+_EMPTY_OBJECT_ASKS = frozenset({"web_search_options"})
+
+
 def unsupported_parameter(data: Any) -> str | None:
     """The first parameter of UNSUPPORTED_PARAMETERS that `data` asks something of, or None."""
     for name in UNSUPPORTED_PARAMETERS:
         value = data.get(name)
+        if value == {} and name in _EMPTY_OBJECT_ASKS:
+            return name
         if value in (None, False, [], {}, "") or value in _ASKING_FOR_NOTHING.get(name, []):
             continue
         return name

@@ -201,6 +201,7 @@ def test_a_fallback_s_answer_names_the_model_that_served_it(sdk, upstreams, stre
         ("tool_choice", "required"),
         ("response_format", {"type": "json_object"}),
         ("logprobs", True),
+        ("web_search_options", {}),  # an empty object turns web search on
     ],
 )
 def test_parameters_the_gateway_does_not_implement_are_a_400_not_dropped(

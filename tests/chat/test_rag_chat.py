@@ -124,6 +124,29 @@ def test_openai_sdk_can_ask_for_rag_and_gets_citations(tenant, make_key, live_se
     assert "citations" not in (plain.model_extra or {})
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_asking_for_rag_always_gets_the_citations_list(
+    tenant, make_key, live_server, local_chain, stream
+):
+    """Without documents, or without a match, the list is empty, never missing (a KeyError)."""
+    raw_key = make_key(tenant, scopes=["chat"])[1]
+    client = openai.OpenAI(api_key=raw_key, base_url=f"{live_server.url}/v1", max_retries=0)
+    question = [{"role": "user", "content": "Can we deploy to production on Friday?"}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="local", messages=question, stream=True, extra_body={"rag": True}
+            )
+        )
+        finish = next(chunk for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason)
+        assert finish.model_extra["citations"] == []
+    else:
+        completion = client.chat.completions.create(
+            model="local", messages=question, extra_body={"rag": True}
+        )
+        assert completion.model_extra["citations"] == []
+
+
 def test_citations_never_come_from_another_tenant(tenant, other_tenant, make_key, local_chain):
     ingest_corpus(other_tenant)
     ingest(tenant, "Our kitchen", "The kettle is descaled every week.")
