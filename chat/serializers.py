@@ -11,7 +11,15 @@ from tenants.serializers import RequestSerializer
 class ChatRequestSerializer(RequestSerializer):
     message = serializers.CharField(trim_whitespace=False)
     conversation_id = serializers.UUIDField(required=False)
-    prompt = serializers.SlugField(required=False, max_length=100)
+    prompt = serializers.SlugField(
+        required=False,
+        max_length=100,
+        help_text="A prompt template's name; label, version and variables are fields beside it.",
+        error_messages={
+            "invalid": "prompt is a prompt template's name (letters, digits, - and _); label, version "
+            "and variables are fields beside it, not inside it."
+        },
+    )
     label = serializers.SlugField(required=False, max_length=50)  # type: ignore[assignment]  # shadows Field.label
     version = serializers.IntegerField(required=False, min_value=1)
     variables = serializers.DictField(required=False, default=dict)

@@ -197,6 +197,18 @@ def test_bad_chat_input_is_4xx(chat_client, upstreams, body, param):
     assert not UsageEntry.objects.exists()
 
 
+def test_prompt_is_a_name_with_its_fields_beside_it(chat_client, upstreams, support_prompt):
+    nested = {"message": "hi", "prompt": {"name": "support", "version": 1, "variables": {"company": "A"}}}
+    refused = chat_client.post("/api/v1/chat", nested, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "prompt"
+    assert "beside it" in refused.json()["error"]["message"]
+    flat = {"message": "hi", "prompt": "support", "version": 1, "variables": {"company": "A"}}
+    answered = chat_client.post("/api/v1/chat", flat, format="json")
+    assert answered.status_code == 200
+    assert answered.json()["prompt"]["version"] == 1
+
+
 @pytest.mark.parametrize("key", [5, ["k"], "", "k" * 201, "k\x00"])
 def test_a_bad_idempotency_key_is_400_on_both_chat_endpoints(chat_client, upstreams, key):
     chat = chat_client.post("/api/v1/chat", {"message": "hi", "idempotency_key": key}, format="json")
