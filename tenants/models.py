@@ -115,11 +115,14 @@ class ApiKey(TenantOwnedModel):
 
     @property
     def status(self) -> str:
+        """active, expiring (rotated: it works until expires_at, its grace), expired or revoked."""
         now = timezone.now()
         if self.revoked_at is not None and self.revoked_at <= now:
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
+        if self.expires_at is not None and hasattr(self, "rotated_to"):
+            return "expiring"
         return "active"
 
     def has_scope(self, scope: str) -> bool:

@@ -62,7 +62,11 @@ def api_key_cache_invalidate(*, public_ids: Iterable[str]) -> None:
 
 
 def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(tenant=tenant).select_related("rotated_from").order_by("-created_at")
+    return (
+        ApiKey.objects.filter(tenant=tenant)
+        .select_related("rotated_from", "rotated_to")
+        .order_by("-created_at")
+    )
 
 
 def _counter(usage: PolicyUsage) -> dict[str, int]:

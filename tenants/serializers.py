@@ -65,7 +65,10 @@ class ApiKeySerializer(serializers.Serializer):
         child=serializers.CharField(), help_text=f"Any of {', '.join(Scope.values)}"
     )
     requests_per_minute = serializers.IntegerField(allow_null=True)
-    status = serializers.CharField(help_text="active, expired or revoked")
+    status = serializers.CharField(
+        help_text="active; expiring (rotated: it works until expires_at, then is expired); expired; "
+        "or revoked"
+    )
     created_at = serializers.DateTimeField()
     created_by = serializers.CharField()
     expires_at = serializers.DateTimeField(allow_null=True)

@@ -72,6 +72,16 @@ def test_rotate_via_api_with_grace(api_client, tenant, make_key):
     assert old.expires_at is not None
 
 
+def test_a_rotated_key_in_its_grace_says_it_is_expiring(api_client, tenant, make_key):
+    old, _ = make_key(tenant, scopes=[Scope.CHAT])
+    assert api_client.get(f"/api/v1/keys/{old.public_id}").json()["status"] == "active"
+    new = api_client.post(f"/api/v1/keys/{old.public_id}/rotate", {"grace_seconds": 600}, format="json")
+    listed = {key["id"]: key for key in api_client.get("/api/v1/keys").json()["results"]}
+    assert listed[old.public_id]["status"] == "expiring"
+    assert listed[old.public_id]["expires_at"] is not None
+    assert listed[new.json()["id"]]["status"] == "active"
+
+
 def test_rotate_with_zero_grace_via_api_ends_old_key(api_client, tenant, make_key):
     old, old_raw = make_key(tenant, scopes=[Scope.CHAT])
     response = api_client.post(f"/api/v1/keys/{old.public_id}/rotate", {"grace_seconds": 0}, format="json")
