@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 # on every request. Every save of an ApiKey or Tenant drops the entries (tenants/signals.py), so
 # revocations and quota edits apply at once; the TTL bounds staleness from bulk .update() calls.
 API_KEY_CACHE_TTL_SECONDS = 60
+# An id no key has is remembered this long too, so a client repeating an unknown (well-formed) key
+# costs no query per request; entries expire, so what they hold is bounded by the request rate.
+# Creating a key drops the entry of its id, like any save (tenants/signals.py).
+API_KEY_MISS_TTL_SECONDS = 10
+_MISSING = "missing"
 
 
 def _api_key_cache_key(public_id: str) -> str:
@@ -30,15 +35,19 @@ def api_key_lookup(*, public_id: str) -> ApiKey | None:
     """The key with its tenant loaded, from the cache when possible. Not filtered by usability."""
     cache_key = _api_key_cache_key(public_id)
     try:
-        api_key = cache.get(cache_key)
+        cached = cache.get(cache_key)
     except CACHE_ERRORS:
         logger.warning("cache unavailable for API key lookup; reading the database")
-        api_key = None
-    if isinstance(api_key, ApiKey):
-        return api_key
+        cached = None
+    if isinstance(cached, ApiKey):
+        return cached
+    if cached == _MISSING:
+        return None
     api_key = ApiKey.objects.select_related("tenant").filter(public_id=public_id).first()
-    if api_key is not None:
-        with contextlib.suppress(*CACHE_ERRORS):
+    with contextlib.suppress(*CACHE_ERRORS):
+        if api_key is None:
+            cache.set(cache_key, _MISSING, API_KEY_MISS_TTL_SECONDS)
+        else:
             cache.set(cache_key, api_key, API_KEY_CACHE_TTL_SECONDS)
     return api_key
 

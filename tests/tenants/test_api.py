@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tenants.models import ApiKey, AuditEvent, Scope
+from tenants.services import hash_api_key
 from tests.conftest import client_with_key, expire_now
 
 
@@ -80,6 +81,27 @@ def test_a_rotated_key_in_its_grace_says_it_is_expiring(api_client, tenant, make
     assert listed[old.public_id]["status"] == "expiring"
     assert listed[old.public_id]["expires_at"] is not None
     assert listed[new.json()["id"]]["status"] == "active"
+
+
+def test_an_unknown_key_costs_one_query_then_none_until_a_key_takes_its_id(
+    tenant, make_key, django_assert_num_queries
+):
+    from tenants.services import PUBLIC_ID_LENGTH
+
+    public_id = "z" * PUBLIC_ID_LENGTH
+    client = client_with_key(f"tk_{public_id}_not-a-secret")
+    with django_assert_num_queries(1):
+        assert client.get("/api/v1/me").status_code == 401
+    for _ in range(3):
+        with django_assert_num_queries(0):
+            assert client.get("/api/v1/me").status_code == 401
+    api_key, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    ApiKey.objects.filter(pk=api_key.pk).update(public_id=public_id)
+    api_key.refresh_from_db()
+    api_key.save()  # as any save does, this drops the id's cache entries, the miss included
+    raw_key = raw_key.replace(raw_key.split("_")[1], public_id)
+    ApiKey.objects.filter(pk=api_key.pk).update(secret_hash=hash_api_key(raw_key))
+    assert client_with_key(raw_key).get("/api/v1/me").status_code == 200
 
 
 def test_rotate_with_zero_grace_via_api_ends_old_key(api_client, tenant, make_key):
