@@ -92,7 +92,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "tenants.middleware.ApiRequestSizeLimitMiddleware",
+    "tenants.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -289,6 +289,11 @@ EMBEDDING_MAX_RETRIES = env_int("EMBEDDING_MAX_RETRIES", 2)  # the SDK's, per ba
 EMBEDDING_QUERY_TIMEOUT_SECONDS = float(env_str("EMBEDDING_QUERY_TIMEOUT_SECONDS", "10"))
 QUERY_EMBEDDING_CACHE_SECONDS = env_int("QUERY_EMBEDDING_CACHE_SECONDS", 24 * 3600)
 RAG_MAX_UPLOAD_BYTES = env_int("RAG_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+# Django's own cap on a body read into memory (request.body, which DRF reads JSON from). Every body is
+# bounded before that by tenants.middleware.RequestSizeLimitMiddleware, per path (API_MAX_REQUEST_BYTES,
+# a document upload's own limit, Django's default 2.5 MiB elsewhere); this cap is the largest of those,
+# or Django would refuse a JSON upload the API accepts (RequestDataTooBig, a 400) past 2.5 MiB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_REQUEST_BYTES, 6 * RAG_MAX_UPLOAD_BYTES + 65_536)
 RAG_CHUNK_TOKENS = env_int("RAG_CHUNK_TOKENS", 300)
 RAG_CHUNK_OVERLAP_TOKENS = env_int("RAG_CHUNK_OVERLAP_TOKENS", 50)
 # A document pending or processing without progress for this long is marked failed (can be retried).

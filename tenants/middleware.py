@@ -8,40 +8,46 @@ from django.http import HttpRequest, HttpResponse
 from tenants.errors import is_api_path, json_error_response
 
 DOCUMENT_UPLOAD_PATH = "/api/v1/documents"
+# Outside the API (the admin's forms): Django's default DATA_UPLOAD_MAX_MEMORY_SIZE, which settings
+# raise to the largest API limit. The admin login reads its form before anyone is authenticated.
+NON_API_MAX_REQUEST_BYTES = 2_621_440
 
 
 def document_upload_bytes_limit() -> int:
     """The largest body a document upload may declare. JSON escapes text (up to 6 bytes a character),
-    so this is far above RAG_MAX_UPLOAD_BYTES, which the upload view applies to the document itself."""
+    so this is far above RAG_MAX_UPLOAD_BYTES, which the upload view applies to the document itself.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE is computed the same way."""
     return 6 * settings.RAG_MAX_UPLOAD_BYTES + 65_536
 
 
 def request_bytes_limit(request: HttpRequest) -> int:
+    if not is_api_path(request.path):
+        return NON_API_MAX_REQUEST_BYTES
     if request.method == "POST" and request.path_info.rstrip("/") == DOCUMENT_UPLOAD_PATH:
         return max(settings.API_MAX_REQUEST_BYTES, document_upload_bytes_limit())
     return settings.API_MAX_REQUEST_BYTES
 
 
-class ApiRequestSizeLimitMiddleware:
-    """413 for API bodies over API_MAX_REQUEST_BYTES (document uploads: their own limit), before
-    anything reads them."""
+class RequestSizeLimitMiddleware:
+    """413 for bodies over their path's limit (API_MAX_REQUEST_BYTES; document uploads: their own),
+    before anything reads them. Django's DATA_UPLOAD_MAX_MEMORY_SIZE is set to the largest of these
+    limits, so this is the check that applies to each path."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if is_api_path(request.path):
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                return json_error_response(
-                    400, "Invalid Content-Length header.", code="invalid_content_length"
-                )
-            limit = request_bytes_limit(request)
-            if length > limit:
-                return json_error_response(
-                    413,
-                    f"Request body is {length} bytes; the limit is {limit} bytes.",
-                    code="request_too_large",
-                )
+        api = is_api_path(request.path)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            if not api:  # Django reads such a body as empty
+                return self.get_response(request)
+            return json_error_response(400, "Invalid Content-Length header.", code="invalid_content_length")
+        limit = request_bytes_limit(request)
+        if length > limit:
+            message = f"Request body is {length} bytes; the limit is {limit} bytes."
+            if not api:
+                return HttpResponse(message, status=413, content_type="text/plain")
+            return json_error_response(413, message, code="request_too_large")
         return self.get_response(request)

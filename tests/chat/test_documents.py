@@ -201,6 +201,37 @@ def test_a_document_over_the_api_body_limit_but_within_its_own_is_accepted(
     assert elsewhere.json()["error"]["code"] == "request_too_large"
 
 
+def test_a_json_upload_past_djangos_memory_cap_is_accepted(
+    docs_client, settings, django_capture_on_commit_callbacks
+):
+    """Django refuses a request.body over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB by default) with
+    RequestDataTooBig, a 400; DRF reads JSON through it. A JSON upload is held to its own limit."""
+    text = "The fertilizer is stored in the shed. " * 85_000  # 3.2 MB
+    assert 2.5 * 1024 * 1024 < len(text) < settings.RAG_MAX_UPLOAD_BYTES
+    with django_capture_on_commit_callbacks(execute=False):
+        response = docs_client.post("/api/v1/documents", {"title": "big", "text": text}, format="json")
+    assert response.status_code == 201, response.content[:300]
+    assert Document.objects.get().title == "big"
+
+
+def test_a_json_document_over_its_limit_is_a_413(docs_client, settings):
+    """A 20 MB text in a body within what a JSON upload may declare: the document limit answers."""
+    text = "y" * (2 * settings.RAG_MAX_UPLOAD_BYTES)
+    response = docs_client.post("/api/v1/documents", {"title": "huge", "text": text}, format="json")
+    assert response.status_code == 413, response.content[:300]
+    assert response.json()["error"]["code"] == "document_too_large"
+    assert Document.objects.count() == 0
+
+
+def test_the_admin_keeps_djangos_body_limit(client):
+    """Raising Django's cap for uploads leaves every non-API path at Django's default 2.5 MiB (the
+    admin login reads its form before anyone is authenticated)."""
+    response = client.post(
+        "/admin/login/", b"a=" + b"x" * (3 * 1024 * 1024), content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 413
+
+
 def test_identical_content_is_detected_by_hash(
     docs_client, other_tenant, make_key, django_capture_on_commit_callbacks
 ):
