@@ -11,6 +11,7 @@ DOCUMENT_UPLOAD_PATH = "/api/v1/documents"
 # Outside the API (the admin's forms): Django's default DATA_UPLOAD_MAX_MEMORY_SIZE, which settings
 # raise to the largest API limit. The admin login reads its form before anyone is authenticated.
 NON_API_MAX_REQUEST_BYTES = 2_621_440
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def document_upload_bytes_limit() -> int:
@@ -31,13 +32,24 @@ def request_bytes_limit(request: HttpRequest) -> int:
 class RequestSizeLimitMiddleware:
     """413 for bodies over their path's limit (API_MAX_REQUEST_BYTES; document uploads: their own),
     before anything reads them. Django's DATA_UPLOAD_MAX_MEMORY_SIZE is set to the largest of these
-    limits, so this is the check that applies to each path."""
+    limits, so this is the check that applies to each path.
+
+    An API body without a Content-Length (Transfer-Encoding: chunked) is a 411: under WSGI Django
+    reads such a body as empty (its stream is limited to CONTENT_LENGTH, absent: 0), and the view
+    would answer as if no field had been sent. Reading it would need a cap enforced while reading,
+    below Django and DRF, which both take a missing length for an empty body."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         api = is_api_path(request.path)
+        if api and request.method in BODY_METHODS and "HTTP_TRANSFER_ENCODING" in request.META:
+            return json_error_response(
+                411,
+                "Send the request body with a Content-Length header; chunked bodies are not accepted.",
+                code="length_required",
+            )
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
