@@ -7,10 +7,12 @@ Validation errors add "errors": every field problem as {"param", "message", "cod
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django_redis.exceptions import ConnectionInterrupted
@@ -18,7 +20,13 @@ from redis.exceptions import RedisError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+logger = logging.getLogger(__name__)
+
 API_PATH_PREFIXES = ("/api/", "/v1/")
+# What the database driver raises when PostgreSQL cannot be reached or dropped the connection (also a
+# statement cancelled by a timeout): the request was fine, the service is not, for now.
+DATABASE_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 5
 # What a cache call raises when Redis is down or slow (django-redis wraps some, re-raises others).
 CACHE_ERRORS = (RedisError, ConnectionInterrupted)
 
@@ -118,7 +126,25 @@ def validation_response(detail: Any) -> Response:
     return Response(body, status=400)
 
 
+def service_unavailable_response(exc: Exception, context: dict[str, Any]) -> Response:
+    """503 with Retry-After; what failed (hosts, socket paths) goes to the log, not to the client."""
+    request = context.get("request")
+    logger.error(
+        "database unavailable during %s %s",
+        getattr(request, "method", "?"),
+        getattr(request, "path", "?"),
+        exc_info=exc,
+    )
+    return Response(
+        error_body(503, "The service is temporarily unavailable; retry shortly.", code="service_unavailable"),
+        status=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        return service_unavailable_response(exc, context)
     if isinstance(exc, DomainError):
         return Response(
             error_body(exc.status_code, exc.message, param=exc.param, code=exc.code), status=exc.status_code

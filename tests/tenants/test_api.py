@@ -4,7 +4,7 @@ import pytest
 
 from tenants.models import ApiKey, AuditEvent, Scope
 from tenants.services import hash_api_key
-from tests.conftest import client_with_key, expire_now
+from tests.conftest import client_with_key, database_unreachable, expire_now
 
 
 def test_me_returns_tenant_quotas_and_usage(tenant, make_key):
@@ -305,3 +305,26 @@ def test_huge_per_key_limit_is_400(api_client):
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "requests_per_minute"
+
+
+def test_an_unreachable_database_is_a_503_with_retry_after(transactional_db, tenant, make_key, caplog):
+    """Before: a 500 for every call. The key lookup (DRF's authentication) is the first query."""
+    _, raw_key = make_key(tenant)
+    client = client_with_key(raw_key)
+    with database_unreachable() as port:
+        responses = [
+            client.get("/api/v1/me"),
+            client.post("/api/v1/chat", {"message": "hello"}, format="json"),
+            client.get("/v1/models"),
+        ]
+    for response in responses:
+        assert response.status_code == 503, response.content
+        assert response["Retry-After"] == "5"
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("api_error", "service_unavailable")
+        assert "127.0.0.1" not in response.content.decode()
+        assert str(port) not in response.content.decode()
+    logged = [record for record in caplog.records if record.getMessage().startswith("database unavailable")]
+    assert len(logged) == 3
+    assert str(port) in str(logged[0].exc_info[1])  # the detail is in the log
+    assert client.get("/api/v1/me").status_code == 200  # and back once the database is
