@@ -183,11 +183,15 @@ def json_error_response(status_code: int, message: str, *, code: str | None = No
     return JsonResponse(error_body(status_code, message, code=code), status=status_code)
 
 
+def api_not_found_response(request: HttpRequest) -> JsonResponse:
+    return json_error_response(status.HTTP_404_NOT_FOUND, f"No route for {request.path}.", code="not_found")
+
+
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """DEBUG off only: with DEBUG on, Django answers its technical page instead, which
+    tenants.middleware.ApiNotFoundMiddleware turns into this JSON on API paths."""
     if is_api_path(request.path):
-        return json_error_response(
-            status.HTTP_404_NOT_FOUND, f"No route for {request.path}.", code="not_found"
-        )
+        return api_not_found_response(request)
     return defaults.page_not_found(request, exception)
 
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from tenants.errors import is_api_path, json_error_response
+from tenants.errors import api_not_found_response, is_api_path, json_error_response
 
 DOCUMENT_UPLOAD_PATH = "/api/v1/documents"
 # Outside the API (the admin's forms): Django's default DATA_UPLOAD_MAX_MEMORY_SIZE, which settings
@@ -63,3 +63,22 @@ class RequestSizeLimitMiddleware:
                 return HttpResponse(message, status=413, content_type="text/plain")
             return json_error_response(413, message, code="request_too_large")
         return self.get_response(request)
+
+
+class ApiNotFoundMiddleware:
+    """A 404 on an API path in the API's JSON shape whatever DEBUG is. With DEBUG on, Django answers
+    an unknown route with its technical page (HTML listing every URL pattern) and never calls
+    handler404. Placed before CommonMiddleware, so its redirect to the slashed path still happens."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            response.status_code == 404
+            and is_api_path(request.path)
+            and response.get("Content-Type", "").split(";")[0] != "application/json"
+        ):
+            return api_not_found_response(request)
+        return response

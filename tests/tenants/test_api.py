@@ -265,6 +265,40 @@ def test_unknown_api_route_is_404_json(api_client):
     assert response.json()["error"]["type"] == "not_found_error"
 
 
+@pytest.mark.parametrize("debug", [True, False])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/v1/does-not-exist"),
+        ("post", "/v1/nothing/here"),
+        ("get", "/api/"),
+        ("delete", "/v1/"),
+        ("get", "/api/v1/keys/not-a-key/revoke/extra"),
+    ],
+)
+def test_every_unknown_api_path_is_404_json_whatever_debug_is(api_client, settings, debug, method, path):
+    """With DEBUG on (`make run`), Django answered its technical 404 page, HTML listing every URL."""
+    settings.DEBUG = debug
+    response = getattr(api_client, method)(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] == {
+        "type": "not_found_error",
+        "message": f"No route for {path}.",
+        "param": None,
+        "code": "not_found",
+    }
+
+
+@pytest.mark.parametrize("debug", [True, False])
+def test_wrong_method_and_slash_redirect_are_kept_whatever_debug_is(api_client, settings, debug):
+    settings.DEBUG = debug
+    response = api_client.put("/api/v1/chat", {"message": "hi"}, format="json")
+    assert response.status_code == 405
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert api_client.get("/api/schema").status_code == 301  # APPEND_SLASH still applies first
+
+
 def test_unknown_key_id_is_404_json(api_client):
     response = api_client.post("/api/v1/keys/nosuchkey123/revoke")
     assert response.status_code == 404
