@@ -285,9 +285,11 @@ def conversation_record(
     answer: str,
     usage: Usage,
     request_id: str,
-) -> uuid.UUID:
+) -> uuid.UUID | None:
     """Stores the turn: two statements, a new conversation's INSERT or the existing one's UPDATE,
-    then both messages (the existing conversation was already checked by conversation_history)."""
+    then both messages. Returns the conversation's id, or None when the existing conversation was
+    deleted since conversation_history read it: the turn is then not stored, and not refused either,
+    since the answer it holds was already charged."""
     with transaction.atomic():
         if conversation_id is None:
             conversation = Conversation.objects.create(
@@ -295,7 +297,10 @@ def conversation_record(
             )
         else:
             changes: dict[str, Any] = {"updated_at": timezone.now(), **({"end_user": user} if user else {})}
-            Conversation.objects.filter(tenant=tenant, id=conversation_id).update(**changes)
+            # The UPDATE locks the row until the messages are in, so conversation_delete (which locks
+            # it first) waits for this turn and removes it too; no row updated means a delete came first.
+            if not Conversation.objects.filter(tenant=tenant, id=conversation_id).update(**changes):
+                return None
             conversation = Conversation(id=conversation_id, tenant=tenant)
         Message.objects.bulk_create(
             [
@@ -318,10 +323,15 @@ def conversation_record(
     return conversation.id
 
 
+@transaction.atomic
 def conversation_delete(*, tenant: Tenant, conversation_id: uuid.UUID) -> None:
-    deleted, _ = Conversation.objects.filter(tenant=tenant, id=conversation_id).delete()
-    if not deleted:
+    """Removes the conversation with its messages. The row is locked before the messages are
+    collected: a turn being stored (conversation_record) commits first and is removed with the rest;
+    without the lock its messages would be missed and the DELETE fail on their foreign key."""
+    conversation = Conversation.objects.select_for_update().filter(tenant=tenant, id=conversation_id).first()
+    if conversation is None:
         raise NotFoundError("No such conversation.", param="conversation_id")
+    conversation.delete()
 
 
 # --- the pipeline -----------------------------------------------------------------------------------
