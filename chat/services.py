@@ -64,6 +64,8 @@ from tenants.ratelimits import TokenReservation, token_rate_adjusting, token_rat
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ChatParams:
@@ -950,9 +952,9 @@ def _relay(
         tail = redactor.flush()
         if tail:
             yield tail
-        result = settle()
-        settled = True
-        yield StreamError(failure) if failure else result
+        settled = True  # once tried: a failing settlement is not run again when the client leaves
+        end: ChatResult | StreamError = _settled_or_error(settle)
+        yield StreamError(failure) if failure else end
     except GeneratorExit:  # the client went away at any yield: charge what was generated, then stop
         if not settled:
             if not delivered and isinstance(served.result.first, str):
@@ -961,6 +963,16 @@ def _relay(
             failure = ApiError("The client disconnected.", status_code=499, code="client_disconnected")
             settle()
         raise
+
+
+def _settled_or_error(settle: Callable[[], ChatResult]) -> ChatResult | StreamError:
+    """The stream's last event whatever happens after the provider is done: a client waiting for
+    `done` or `error` must get one of them, not a response cut off by an exception."""
+    try:
+        return settle()
+    except Exception:
+        logger.exception("a streamed answer could not be settled or stored")
+        return StreamError(ApiError("Internal server error.", status_code=500, code="server_error"))
 
 
 def _close_provider_stream(stream: OpenStream) -> None:

@@ -178,3 +178,25 @@ def test_chats_racing_deletes_of_their_conversation_answer_what_they_were_charge
 def test_streamed_chats_racing_deletes_end_with_done(tenant, make_key, upstreams):
     openai_server, _ = upstreams
     check(*race(tenant, make_key, openai_server, stream=True), answered_as="done")
+
+
+@pytest.fixture
+def failing_turn_storage(db: None) -> None:
+    """Storing a turn fails in the database, as with a full disk: a real error, after the charge."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_message() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'could not extend file'; END $$; "
+            "CREATE TRIGGER refuse_message BEFORE INSERT ON chat_message "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_message()"
+        )  # rolled back with the test's transaction
+
+
+def test_a_stream_whose_turn_cannot_be_stored_ends_with_an_error_event(
+    tenant, chat_client, upstreams, failing_turn_storage
+):
+    events = parse_sse(b"".join(ask(chat_client, stream=True).streaming_content).decode())
+    assert {name for name, _ in events[:-1]} == {"delta"}
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "server_error"
+    assert UsageEntry.objects.get().kind == "completion"  # the answer was delivered: it stays charged
