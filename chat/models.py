@@ -106,6 +106,8 @@ class Conversation(TenantOwnedModel):
 
 
 class Message(models.Model):
+    # The database cascades too (migration 0005): a turn stored while Django collects a deleted
+    # conversation's messages goes with it. Altering this field would drop that; see the migration.
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10)
     content = models.TextField()

@@ -53,8 +53,14 @@ def lock_waits() -> int:
         return int(cursor.fetchone()[0])
 
 
+def orm_delete(*, tenant, conversation_id: uuid.UUID) -> None:
+    """As the admin and a tenant's deletion delete: Django collects the messages, no lock first."""
+    Conversation.objects.filter(tenant=tenant, id=conversation_id).delete()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_delete_waits_for_the_turn_being_stored_then_removes_it(tenant):
+@pytest.mark.parametrize("delete_conversation", [conversation_delete, orm_delete])
+def test_a_delete_waits_for_the_turn_being_stored_then_removes_it(tenant, delete_conversation):
     conversation_id = record(tenant, None)
     assert conversation_id is not None
     stored, release = threading.Event(), threading.Event()
@@ -72,7 +78,7 @@ def test_a_delete_waits_for_the_turn_being_stored_then_removes_it(tenant):
     def delete() -> str:
         stored.wait(10)
         try:
-            conversation_delete(tenant=tenant, conversation_id=conversation_id)
+            delete_conversation(tenant=tenant, conversation_id=conversation_id)
             return "deleted"
         except Exception as exc:
             return repr(exc)
