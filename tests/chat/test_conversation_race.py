@@ -103,9 +103,9 @@ Outcome = tuple[int, str, dict[str, Any]]  # the chat's status, how it ended (JS
 
 
 def race(tenant, make_key, openai_server, *, stream: bool) -> tuple[list[str], list[Outcome], set[str]]:
-    """PAIRS conversations; each gets a chat and a DELETE at once, the DELETE a little later for some
-    pairs: before the chat's history read, during its provider call (slowed by the fake server) or
-    while its turn is stored. Returns the conversations, each chat's outcome, and the request ids
+    """PAIRS conversations; each gets a chat and a DELETE at once, the DELETE later for some pairs: it
+    lands before the chat's history read, during its provider call (slowed by the fake server), while
+    its turn is stored or after. Returns the conversations, each chat's outcome, and the request ids
     charged during the race."""
     raw_key = make_key(tenant, scopes=["chat"])[1]
     setup = client_with_key(raw_key)
@@ -136,7 +136,7 @@ def race(tenant, make_key, openai_server, *, stream: bool) -> tuple[list[str], l
         client.raise_request_exception = False
         try:
             barrier.wait()
-            time.sleep((index % 4) * 0.1)  # widens the window: 0, 0.1, 0.2 or 0.3 s after the chat
+            time.sleep((index % 5) * 0.3)  # 0 to 1.2 s after the chat, whose provider takes 0.3 s
             return client.delete(f"/api/v1/conversations/{conversations[index]}").status_code
         finally:
             connections.close_all()
