@@ -64,3 +64,61 @@ class Span(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.duration_ms:.1f} ms)"
+
+
+class FeedbackKind(models.TextChoices):
+    THUMBS = "thumbs", "Thumbs (-1 or 1)"
+    SCALE = "scale", "Scale (a number between a minimum and a maximum)"
+
+
+class FeedbackMetric(TenantOwnedModel):
+    """A feedback name the tenant declared, and what a score of it may be. An undeclared name is
+    thumbs (-1 or 1): "rating", the default name, needs no declaration."""
+
+    name = models.SlugField(max_length=64)
+    kind = models.CharField(max_length=8, choices=FeedbackKind.choices, default=FeedbackKind.THUMBS)
+    scale_min = models.FloatField(null=True, blank=True)
+    scale_max = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="feedback_metric_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(kind="thumbs") | models.Q(scale_min__lt=models.F("scale_max")),
+                name="feedback_metric_scale_bounds",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Feedback(TenantOwnedModel):
+    """An end user's score of one answer (a trace) on one metric. One per (trace, name, end user):
+    a repeat updates it. The trace's prompt, version and variant are copied, so experiment results
+    aggregate feedback without joining traces."""
+
+    trace = models.ForeignKey(Trace, on_delete=models.CASCADE, related_name="feedback")
+    name = models.SlugField(max_length=64, default="rating")
+    score = models.FloatField()
+    comment = models.TextField(blank=True)
+    end_user = models.CharField(max_length=200, blank=True)
+    prompt_name = models.CharField(max_length=100, blank=True)
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    prompt_variant = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["trace", "name", "end_user"], name="feedback_one_per_user"),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="feedback_tenant_time"),
+            models.Index(fields=["tenant", "prompt_variant", "name"], name="feedback_tenant_variant"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.score:g}"

@@ -70,6 +70,7 @@ class Scope(models.TextChoices):
     CHAT = "chat", "Chat"
     DOCUMENTS = "documents", "Documents"
     BILLING_READ = "billing:read", "Billing (read)"
+    TRACES_READ = "traces:read", "Traces and feedback (read)"
     # admin implies every other scope.
     ADMIN = "admin", "Admin"
 
