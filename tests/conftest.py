@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -132,6 +133,14 @@ def database_unreachable() -> Iterator[int]:
         connection.settings_dict.update(saved)
 
 
+def _answers_liveness(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 class GunicornServer:
     def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
         self.port = port
@@ -159,18 +168,20 @@ def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
         stderr=subprocess.PIPE,
     )
     server = GunicornServer(port, process)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                stderr = process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-                raise RuntimeError(f"gunicorn did not start: {stderr}") from None
-            time.sleep(0.1)
+    # Ready when a worker answers, not when the master listens: on a loaded machine the workers
+    # take many seconds to import the app, and a test's first request would wait out its timeout.
+    deadline = time.monotonic() + 120
+    while not _answers_liveness(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            stderr = process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            raise RuntimeError(f"gunicorn did not start: {stderr}")
+        time.sleep(0.2)
     yield server
     process.terminate()
-    process.wait(20)
+    try:
+        process.wait(60)  # the graceful stop; a loaded machine may need long
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     connection.close()

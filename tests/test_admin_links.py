@@ -36,6 +36,7 @@ from prompts.services import (
     prompt_version_create,
 )
 from tenants.models import Tenant
+from tests.billing.conftest import last_month, usage_record_at
 
 MAX_PAGES = 2000
 # Query parameters that only repeat a page already crawled: the changelist a change page came from.
@@ -253,10 +254,11 @@ def admin_world(tenant: Tenant, other_tenant: Tenant, make_key: Any) -> PromptTe
             model="text-embedding-3-small",
             input_tokens=2_000_000,
         )
-    period = timezone.localdate().replace(day=1)
-    invoice_generate(tenant=tenant, period=period, actor="test")
+    invoice_generate(tenant=tenant, period=timezone.localdate().replace(day=1), actor="test")  # a draft
+    # Only a month that has ended is finalized: last month's usage, stamped with its date.
+    usage_record_at(other_tenant, last_month(), request_id="last-month")
     finalized = invoice_finalize(
-        invoice=invoice_generate(tenant=other_tenant, period=period, actor="test"), actor="t"
+        invoice=invoice_generate(tenant=other_tenant, period=last_month(), actor="test"), actor="t"
     )
     replacement = invoice_void(invoice=finalized, reason="wrong address", actor="test")
     invoice_finalize(invoice=replacement, actor="test")
