@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.http import QueryDict
 from rest_framework import serializers
 from rest_framework.utils.serializer_helpers import BindingDict
 
@@ -18,6 +20,11 @@ class RequestSerializer(serializers.Serializer):
     every request and thread, provided nothing per request is attached to the serializer: it takes
     `data` and nothing else (no instance, context or partial validation, which fields would read
     through their parent).
+
+    Input is taken as the schema describes it (/api/schema/): a JSON body's values must have the
+    declared JSON type (DRF would take 5 for a string, "5" for an integer, "yes" or 1 for a boolean,
+    0 for a UUID), and strings are not trimmed (DRF's trimming let a string of 300 characters plus
+    a U+001C pass a max_length of 300, and a blank one fail as "blank" though it has length).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -35,9 +42,70 @@ class RequestSerializer(serializers.Serializer):
             prototype = cls()
             shared = BindingDict(prototype)
             for name, field in prototype.get_fields().items():
+                untrimmed(field)
                 shared[name] = field
             cls._shared_fields = shared  # type: ignore[attr-defined]  # a race only builds it twice
         return shared
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, QueryDict):
+            # DRF reads an empty form or query value (`?status=`) as an omitted one, silently.
+            errors = {
+                name: ["This field may not be blank."]
+                for name, field in self.fields.items()
+                if data.get(name) == "" and not getattr(field, "allow_blank", False)
+            }
+        elif isinstance(data, Mapping):
+            errors = {
+                name: [f"Not a valid {expected}."]
+                for name, field in self.fields.items()
+                if name in data and (expected := json_type_mismatch(field, data[name]))
+            }
+        else:
+            errors = {}
+        if errors:
+            raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+def untrimmed(field: serializers.Field) -> None:
+    if isinstance(field, serializers.CharField):
+        field.trim_whitespace = False
+    child = getattr(field, "child", None)  # ListField/DictField items; a nested serializer does its own
+    if isinstance(child, serializers.Field) and not isinstance(child, serializers.Serializer):
+        untrimmed(child)
+
+
+_TEXT_FIELDS = (
+    serializers.CharField,
+    serializers.UUIDField,
+    serializers.DateTimeField,
+    serializers.DateField,
+)
+
+
+def json_type_mismatch(field: serializers.Field, value: Any) -> str | None:
+    """The JSON type `field` takes, when `value` (from a JSON body) is not of it; None when it is."""
+    if value is None or isinstance(field, serializers.Serializer | serializers.ListSerializer):
+        return None  # null: the field's allow_null decides; nested serializers check their own fields
+    if isinstance(field, serializers.BooleanField):
+        return None if isinstance(value, bool) else "boolean"
+    if isinstance(value, bool):
+        is_number = False
+    else:
+        is_number = isinstance(value, int) or (
+            isinstance(value, float) and not isinstance(field, serializers.IntegerField)
+        )
+    if isinstance(field, serializers.IntegerField | serializers.FloatField):
+        return None if is_number else "number" if isinstance(field, serializers.FloatField) else "integer"
+    if isinstance(field, _TEXT_FIELDS):
+        return None if isinstance(value, str) else "string"
+    child = getattr(field, "child", None)
+    if isinstance(field, serializers.ListField) and isinstance(value, list) and child is not None:
+        return next((m for item in value if (m := json_type_mismatch(child, item))), None)
+    if isinstance(field, serializers.DictField) and isinstance(value, dict) and child is not None:
+        return next((m for item in value.values() if (m := json_type_mismatch(child, item))), None)
+    return None
 
 
 # Output shapes are plain Serializers: ModelSerializer rebuilds its fields from model metadata on
