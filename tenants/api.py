@@ -9,6 +9,7 @@ from django.db.models import Model, QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.metadata import SimpleMetadata
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
@@ -29,6 +30,15 @@ from tenants.serializers import (
 from tenants.services import PUBLIC_ID_PATTERN, api_key_create, api_key_revoke, api_key_rotate
 
 
+class ApiMetadata(SimpleMetadata):
+    """OPTIONS answers with the view's name, description and media types, without DRF's form of each
+    writable field: that needs a `serializer_class`, which our views do not all have (a 500), and the
+    fields are in /api/schema/."""
+
+    def determine_actions(self, request: Request, view: APIView) -> dict[str, Any]:
+        return {}
+
+
 class TenantAPIView(APIView):
     """Base of every tenant endpoint: API-key auth, scope check, rate limits, and `self.tenant`.
 
@@ -36,6 +46,7 @@ class TenantAPIView(APIView):
     """
 
     required_scope: ClassVar[str | None] = None
+    metadata_class = ApiMetadata
     rate_limit_usages: list[PolicyUsage]
 
     def get_required_scope(self) -> str | None:
