@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import Count, QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, OpenApiResponse, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
@@ -53,7 +53,16 @@ from tenants.api import TenantAPIView, TenantScopedViewSet
 from tenants.errors import ApiError, error_body
 from tenants.middleware import document_upload_bytes_limit
 from tenants.models import Scope, Tenant
+from tenants.openapi import error_responses
 from tenants.parsers import StrictJSONParser
+
+
+def sse_event_schema(*, events: list[str] | None) -> dict[str, Any]:
+    """One Server-Sent Event of a stream, as the schema describes it: `data` is JSON (or `[DONE]`)."""
+    properties: dict[str, Any] = {"data": {"type": "string"}}
+    if events:
+        properties["event"] = {"type": "string", "enum": events}
+    return {"type": "object", "properties": properties, "required": ["data"]}
 
 
 def sse(event: str | None, data: Any) -> str:
@@ -157,7 +166,15 @@ class ChatView(IdempotentChatView):
 
     @extend_schema(
         request=ChatRequestSerializer,
-        responses=OpenApiTypes.OBJECT,
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/event-stream"): OpenApiResponse(
+                sse_event_schema(events=["delta", "done", "error"]),
+                description="With `stream: true`: `delta` events ({text}), then one `done` (the JSON "
+                "answer) or `error` (the error shape) event.",
+            ),
+            **error_responses(402, 404, 409, 422, 502, 503),
+        },
         summary="Chat: JSON, or Server-Sent Events (delta events, then done or error) with stream",
     )
     def post(self, request: Request) -> Any:
@@ -345,7 +362,10 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
 
     @extend_schema(
         request={
-            "multipart/form-data": OpenApiRequest(DocumentMultipartUploadSerializer),
+            "multipart/form-data": OpenApiRequest(
+                DocumentMultipartUploadSerializer,
+                encoding={"file": {"contentType": "text/plain, text/markdown, text/html, application/pdf"}},
+            ),
             "application/json": OpenApiRequest(DocumentJSONUploadSerializer),
         },
         responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
@@ -495,7 +515,14 @@ class ChatCompletionsView(IdempotentChatView):
 
     @extend_schema(
         request=ChatCompletionRequestSerializer,
-        responses=OpenApiTypes.OBJECT,
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/event-stream"): OpenApiResponse(
+                sse_event_schema(events=None),
+                description="With `stream: true`: `chat.completion.chunk` data events, then `data: [DONE]`.",
+            ),
+            **error_responses(402, 409, 422, 502, 503),
+        },
         summary="OpenAI-compatible chat completions (JSON or SSE chunks)",
     )
     def post(self, request: Request) -> Any:

@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tenants.serializers import RequestSerializer
+from tenants.serializers import NO_NUL, RequestSerializer
 
 
 class ChatRequestSerializer(RequestSerializer):
@@ -40,6 +41,19 @@ class ChatRequestSerializer(RequestSerializer):
     )
     idempotency_key = serializers.CharField(required=False, max_length=200)
 
+    # validate() below, for the schema: label or version, not both; either needs a prompt, and so do
+    # variables unless empty.
+    schema_rules = {
+        "not": {"required": ["label", "version"]},
+        "anyOf": [
+            {"required": ["prompt"]},
+            {
+                "properties": {"variables": {"maxProperties": 0}},
+                "not": {"anyOf": [{"required": ["label"]}, {"required": ["version"]}]},
+            },
+        ],
+    }
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "label" in attrs and "version" in attrs:
             raise serializers.ValidationError({"version": "Give either label or version, not both."})
@@ -48,9 +62,28 @@ class ChatRequestSerializer(RequestSerializer):
         return attrs
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "pattern": NO_NUL},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"enum": ["text"]}, "text": {"type": "string", "pattern": NO_NUL}},
+                    "required": ["type", "text"],
+                },
+            },
+        ]
+    }
+)
+class MessageContentField(serializers.JSONField):
+    """A string, or a list of text parts."""
+
+
 class OpenAIMessageSerializer(RequestSerializer):
     role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = serializers.JSONField()
+    content = MessageContentField()
 
     def validate_content(self, value: Any) -> str:
         """A string, or a list of text parts ([{"type": "text", "text": ...}]); other parts are refused."""
@@ -115,6 +148,17 @@ def unsupported_parameter(data: Any) -> str | None:
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_SEQUENCE_CHARS = 200
+_STOP_SEQUENCE = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_SEQUENCE_CHARS, "pattern": NO_NUL}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [_STOP_SEQUENCE, {"type": "array", "items": _STOP_SEQUENCE, "maxItems": MAX_STOP_SEQUENCES}],
+        "nullable": True,
+    }
+)
+class StopField(serializers.JSONField):
+    """null, a string, or a list of strings (validate_stop)."""
 
 
 class ChatCompletionRequestSerializer(RequestSerializer):
@@ -133,7 +177,7 @@ class ChatCompletionRequestSerializer(RequestSerializer):
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
     user = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
-    stop = serializers.JSONField(
+    stop = StopField(
         required=False, allow_null=True, default=None, help_text="1 to 4 strings: the answer ends before one."
     )
     n = serializers.IntegerField(required=False, min_value=1, max_value=1, help_text="Only 1 is supported.")
@@ -167,6 +211,11 @@ class ChatCompletionRequestSerializer(RequestSerializer):
 
 class DocumentJSONUploadSerializer(RequestSerializer):
     """POST /api/v1/documents as JSON (a file goes as multipart/form-data instead)."""
+
+    # The upload refuses an empty document: text of nothing but ASCII whitespace (chat.documents).
+    schema_rules = {
+        "properties": {"text": {"type": "string", "pattern": "^[^\\x00]*[^\\x00\\t-\\r ][^\\x00]*$"}}
+    }
 
     title = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)
     text = serializers.CharField(trim_whitespace=False, allow_blank=True)

@@ -22,7 +22,7 @@ from prompts.serializers import (
     ExperimentCreateSerializer,
     LabelMoveSerializer,
     PromptCreateSerializer,
-    PromptSummarySerializer,
+    PromptListSerializer,
     PromptVersionCreateSerializer,
     RenderResultSerializer,
     RenderSerializer,
@@ -42,6 +42,7 @@ from prompts.services import (
 from tenants.api import TenantAPIView
 from tenants.errors import DomainError, NotFoundError
 from tenants.models import Scope
+from tenants.openapi import error_responses
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Prompt name (slug)")
 READ_ACTIONS = {"list", "retrieve", "render"}
@@ -56,7 +57,10 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
     def get_required_scope(self) -> str:
         return Scope.CHAT if self.action in READ_ACTIONS else Scope.ADMIN
 
-    @extend_schema(responses=PromptSummarySerializer(many=True), summary="Prompts visible to this tenant")
+    @extend_schema(
+        responses=PromptListSerializer,
+        summary="Prompts visible to this tenant",
+    )
     def list(self, request: Request) -> Response:
         templates = visible_templates(tenant=self.tenant).prefetch_related(
             Prefetch("labels", queryset=PromptLabel.objects.select_related("version")), "versions"
@@ -73,7 +77,7 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
 
     @extend_schema(
         request=PromptCreateSerializer,
-        responses={201: OpenApiTypes.OBJECT},
+        responses={201: OpenApiTypes.OBJECT, **error_responses(409)},
         summary="Create a tenant prompt: version 1, labelled production",
     )
     def create(self, request: Request) -> Response:
@@ -139,7 +143,7 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
     @extend_schema(
         parameters=[NAME, OpenApiParameter("label", str, OpenApiParameter.PATH)],
         request=LabelMoveSerializer,
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **error_responses(409)},
         summary="Point a label (production, staging, any) at a version; audited",
     )
     @action(
@@ -160,7 +164,7 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
     @extend_schema(
         parameters=[NAME],
         request=ExperimentCreateSerializer,
-        responses={201: OpenApiTypes.OBJECT},
+        responses={201: OpenApiTypes.OBJECT, **error_responses(409)},
         summary="Start an A/B experiment (stops the running one)",
     )
     @action(detail=True, methods=["post"])
@@ -177,7 +181,7 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
     @extend_schema(
         parameters=[NAME, OpenApiParameter("experiment_id", int, OpenApiParameter.PATH)],
         request=None,
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, **error_responses(409)},
         summary="Stop an experiment",
     )
     @action(

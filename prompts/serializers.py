@@ -2,12 +2,48 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from prompts.models import PromptTemplate, TemplateKind
-from prompts.rendering import ROLES
+from prompts.rendering import IDENTIFIER, ROLES
 from prompts.selectors import RenderedPrompt, running_experiment
-from tenants.serializers import RequestSerializer
+from tenants.serializers import NO_NUL, NON_BLANK, RequestSerializer
+
+# What prompts.rendering refuses, for the schema (the template language itself is checked there).
+MODEL_CONFIG_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "nullable": True, "pattern": NON_BLANK},
+        "temperature": {"type": "number", "nullable": True, "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+        "max_tokens": {"type": "integer", "nullable": True, "minimum": 1, "maximum": 1_000_000},
+    },
+}
+# (No `enum` in these: spectacular would turn each into a shared component of one name.)
+VARIABLES_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "additionalProperties": False,
+    "patternProperties": {IDENTIFIER.pattern: {"type": "string", "nullable": True, "pattern": NO_NUL}},
+}
+CONTENT_RULES = {
+    "properties": {"model_config": MODEL_CONFIG_SCHEMA, "variables": VARIABLES_SCHEMA},
+    "oneOf": [
+        {  # chat: a non-empty list of messages, no text (null passes)
+            "properties": {"kind": {"pattern": "^chat$"}, "messages": {"type": "array", "minItems": 1}},
+            "required": ["messages"],
+            "not": {"properties": {"text": {"type": "string"}}, "required": ["text"]},
+        },
+        {  # text: a non-blank text, no messages (null passes)
+            "properties": {"kind": {"pattern": "^text$"}, "text": {"type": "string", "pattern": NON_BLANK}},
+            "required": ["text"],
+            "not": {"properties": {"messages": {"type": "array"}}, "required": ["messages"]},
+        },
+    ],
+}
 
 
 class MessageSerializer(RequestSerializer):
@@ -36,9 +72,14 @@ class PromptCreateSerializer(VersionContentSerializer):
     kind = serializers.ChoiceField(choices=TemplateKind.choices)
     description = serializers.CharField(required=False, allow_blank=True, default="")
 
+    schema_rules = CONTENT_RULES
+
 
 class PromptVersionCreateSerializer(VersionContentSerializer):
     message = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+
+    # messages or text as the prompt's kind takes, which the body does not say
+    schema_rules = {"properties": {"model_config": MODEL_CONFIG_SCHEMA, "variables": VARIABLES_SCHEMA}}
 
 
 class LabelMoveSerializer(RequestSerializer):
@@ -52,6 +93,8 @@ class RenderSerializer(RequestSerializer):
     user = serializers.CharField(
         required=False, max_length=200, help_text="End-user id for sticky A/B assignment"
     )
+
+    schema_rules = {"not": {"required": ["label", "version"]}}  # validate(), for the schema
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "label" in attrs and "version" in attrs:
@@ -132,6 +175,11 @@ def rendered_data(rendered: RenderedPrompt) -> dict[str, Any]:
         }
     )
     return body
+
+
+@extend_schema_serializer(many=False)
+class PromptListSerializer(serializers.Serializer):
+    results = serializers.ListField(child=serializers.DictField(), help_text="PromptSummary items")
 
 
 class PromptSummarySerializer(serializers.Serializer):

@@ -16,6 +16,7 @@ from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
 
 from tenants.models import ApiKey, Scope, Tenant
+from tenants.openapi import error_responses
 from tenants.ratelimits import PolicyUsage, rate_limit_headers, request_rate_limits_enforce
 from tenants.selectors import api_key_list, tenant_usage_counters
 from tenants.serializers import (
@@ -145,7 +146,9 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
         api_key, raw_key = api_key_create(tenant=self.tenant, actor=self.actor, **params.validated_data)
         return self._created_with_secret(api_key, raw_key)
 
-    @extend_schema(request=None, responses=ApiKeySerializer, summary="Revoke a key now")
+    @extend_schema(
+        request=None, responses={200: ApiKeySerializer, **error_responses(409)}, summary="Revoke a key now"
+    )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, id: str) -> Response:
         api_key = api_key_revoke(tenant=self.tenant, api_key=self.get_object(), actor=self.actor)
@@ -153,7 +156,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
 
     @extend_schema(
         request=ApiKeyRotateSerializer,
-        responses={201: ApiKeyWithSecretSerializer},
+        responses={201: ApiKeyWithSecretSerializer, **error_responses(409)},
         summary="Replace a key; the old one keeps working for grace_seconds",
     )
     @action(detail=True, methods=["post"])

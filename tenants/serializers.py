@@ -10,6 +10,13 @@ from rest_framework.utils.serializer_helpers import BindingDict
 
 from tenants.models import ApiKey, Scope
 
+# JSON Schema patterns of what request strings may hold (the schema's `pattern`).
+NO_NUL = "^[^\\x00]*$"
+# What str.strip() leaves something of, as the services check "non-empty" (Python's whitespace, which is
+# not JavaScript's \\s), and no NUL.
+_SPACE = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+NON_BLANK = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
+
 
 class RequestSerializer(serializers.Serializer):
     """The base of every serializer that validates a request body or query string.
@@ -155,14 +162,17 @@ class ApiKeyWithSecretSerializer(ApiKeySerializer):
 
 
 class ApiKeyCreateSerializer(RequestSerializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, help_text="Stored without surrounding whitespace")
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=len(Scope.choices)
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="In the future")
     requests_per_minute = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=1_000_000
     )
+
+    # api_key_create refuses a name of only whitespace.
+    schema_rules = {"properties": {"name": {"type": "string", "maxLength": 100, "pattern": NON_BLANK}}}
 
 
 class ApiKeyRotateSerializer(RequestSerializer):
@@ -183,3 +193,31 @@ class MeSerializer(serializers.Serializer):
         allow_null=True,
         help_text="This minute's counters; null while the rate-limit store is unreachable.",
     )
+
+
+class ErrorItemSerializer(serializers.Serializer):
+    param = serializers.CharField(allow_null=True, help_text="The field, dotted into nested ones")
+    message = serializers.CharField()
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="invalid_request_error, authentication_error, not_found_error...")
+    message = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `errors` would shadow Serializer.errors as a class attribute.
+        return {
+            **super().get_fields(),
+            "errors": ErrorItemSerializer(
+                many=True, required=False, help_text="Every field problem (400 only)"
+            ),
+        }
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Schema of the API's one error shape (tenants/errors.py)."""
+
+    error = ErrorDetailSerializer()
