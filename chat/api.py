@@ -434,7 +434,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
         responses=OpenApiTypes.OBJECT,
         summary="The chunks chat would retrieve for a query, with their scores",
     )
-    @action(detail=False, methods=["post"])
+    @action(detail=False, methods=["post"], parser_classes=[StrictJSONParser])  # multipart is for uploads
     def search(self, request: Request) -> Response:
         body = DocumentSearchSerializer(data=request.data)
         body.is_valid(raise_exception=True)
