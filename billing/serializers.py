@@ -17,9 +17,14 @@ class UsageQuerySerializer(RequestSerializer):
     def get_fields(self) -> dict[str, serializers.Field]:
         return {
             "from": serializers.DateField(
-                required=False, help_text="YYYY-MM-DD; default: first day of this month"
+                required=False,
+                help_text="YYYY-MM-DD, 2000-01-01 or later, not after `to`; default: first day of this month",
             ),
-            "to": serializers.DateField(required=False, help_text="YYYY-MM-DD, inclusive; default: today"),
+            "to": serializers.DateField(
+                required=False,
+                help_text=f"YYYY-MM-DD, inclusive, tomorrow at the latest and at most {MAX_USAGE_DAYS} days "
+                "after `from`; default: today",
+            ),
             "group_by": serializers.ChoiceField(choices=["day", "model"], default="day"),
         }
 

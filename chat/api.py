@@ -35,10 +35,14 @@ from chat.selectors import available_chat_models
 from chat.serializers import (
     ChatCompletionRequestSerializer,
     ChatRequestSerializer,
+    ConversationSerializer,
+    ConversationSummarySerializer,
     DocumentJSONUploadSerializer,
     DocumentListQuerySerializer,
     DocumentMultipartUploadSerializer,
     DocumentSearchSerializer,
+    DocumentSerializer,
+    DocumentUploadedSerializer,
 )
 from chat.services import (
     ChatParams,
@@ -269,7 +273,7 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
         }
 
     @extend_schema(
-        responses=OpenApiTypes.OBJECT,
+        responses=ConversationSummarySerializer(many=True),
         summary="Conversations, most recent first",
         operation_id="conversations_list",
     )
@@ -279,7 +283,7 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
 
     @extend_schema(
         parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-        responses=OpenApiTypes.OBJECT,
+        responses=ConversationSerializer,
         summary="A conversation with its messages",
     )
     def retrieve(self, request: Request, pk: str) -> Response:
@@ -344,7 +348,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
 
     @extend_schema(
         parameters=[DocumentListQuerySerializer],
-        responses=OpenApiTypes.OBJECT,
+        responses=DocumentSerializer(many=True),
         summary="Documents, newest first",
         operation_id="documents_list",
     )
@@ -354,7 +358,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
 
     @extend_schema(
         parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-        responses=OpenApiTypes.OBJECT,
+        responses=DocumentSerializer,
         summary="A document with its ingestion progress",
     )
     def retrieve(self, request: Request, pk: str) -> Response:
@@ -368,7 +372,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
             ),
             "application/json": OpenApiRequest(DocumentJSONUploadSerializer),
         },
-        responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
+        responses={201: DocumentUploadedSerializer, 200: DocumentUploadedSerializer},
         summary="Upload a document (.txt, .md, .html, .pdf as multipart `file`, or JSON {title, text}); "
         "201 and ingestion queued, or 200 with the earlier document of identical content",
     )
@@ -421,7 +425,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
     @extend_schema(
         parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
         request=None,
-        responses={202: OpenApiTypes.OBJECT},
+        responses={202: DocumentSerializer, **error_responses(409)},
         summary="Ingest a ready or failed document again (e.g. after a failure or a new embedder)",
     )
     @action(detail=True, methods=["post"])

@@ -25,7 +25,9 @@ class ChatRequestSerializer(RequestSerializer):
     version = serializers.IntegerField(required=False, min_value=1)
     variables = serializers.DictField(required=False, default=dict)
     user = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
-    model = serializers.CharField(required=False, max_length=120)
+    model = serializers.CharField(
+        required=False, max_length=120, help_text="One of GET /v1/models (priced, allowed to the tenant)"
+    )
     max_tokens = serializers.IntegerField(
         required=False, min_value=1, max_value=settings.CHAT_MAX_TOKENS_LIMIT
     )
@@ -164,7 +166,9 @@ class StopField(serializers.JSONField):
 class ChatCompletionRequestSerializer(RequestSerializer):
     """The subset of OpenAI's chat completions request this gateway serves."""
 
-    model = serializers.CharField(max_length=120)
+    model = serializers.CharField(
+        max_length=120, help_text="One of GET /v1/models (priced, allowed to the tenant)"
+    )
     messages = OpenAIMessageSerializer(many=True, allow_empty=False)
     stream = serializers.BooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
@@ -238,3 +242,56 @@ class DocumentListQuerySerializer(RequestSerializer):
 class DocumentSearchSerializer(RequestSerializer):
     query = serializers.CharField(max_length=4000)
     k = serializers.IntegerField(required=False, default=5, min_value=1, max_value=50)
+
+
+# --- response shapes, for the schema (the views build them as dicts) ----------------------------------
+
+
+class DocumentProgressSerializer(serializers.Serializer):
+    chunks_embedded = serializers.IntegerField()
+    chunks_total = serializers.IntegerField()
+    fraction = serializers.FloatField(help_text="0 to 1")
+
+
+class DocumentSerializer(serializers.Serializer):
+    """Schema of chat.api.document_data."""
+
+    id = serializers.UUIDField()
+    title = serializers.CharField()
+    source_filename = serializers.CharField(help_text="Empty for a JSON upload")
+    content_type = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    status = serializers.ChoiceField(choices=["pending", "processing", "ready", "failed"])
+    error = serializers.CharField(allow_null=True)
+    chunk_count = serializers.IntegerField()
+    progress = DocumentProgressSerializer()
+    embedder = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    ingested_at = serializers.DateTimeField(allow_null=True)
+
+
+class DocumentUploadedSerializer(DocumentSerializer):
+    duplicate = serializers.BooleanField(help_text="An earlier document of identical content, answered 200")
+
+
+class ConversationSummarySerializer(serializers.Serializer):
+    """Schema of ConversationViewSet._summary."""
+
+    id = serializers.UUIDField()
+    title = serializers.CharField()
+    user = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    message_count = serializers.IntegerField(allow_null=True)
+
+
+class ConversationMessageSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class ConversationSerializer(ConversationSummarySerializer):
+    messages = ConversationMessageSerializer(many=True)

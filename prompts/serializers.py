@@ -23,11 +23,12 @@ MODEL_CONFIG_SCHEMA = {
     },
 }
 # (No `enum` in these: spectacular would turn each into a shared component of one name.)
+# Names must be identifiers (IDENTIFIER), which OpenAPI 3.0 cannot say of property names.
 VARIABLES_SCHEMA = {
     "type": "object",
     "nullable": True,
-    "additionalProperties": False,
-    "patternProperties": {IDENTIFIER.pattern: {"type": "string", "nullable": True, "pattern": NO_NUL}},
+    "additionalProperties": {"type": "string", "nullable": True, "pattern": NO_NUL},
+    "description": f"{{name: default or null for required}}; names match {IDENTIFIER.pattern}",
 }
 CONTENT_RULES = {
     "properties": {"model_config": MODEL_CONFIG_SCHEMA, "variables": VARIABLES_SCHEMA},
