@@ -98,7 +98,8 @@ def _is_positive(case: schemathesis.Case) -> bool:
 def _follow_data_rules(case: schemathesis.Case) -> None:
     """Makes a positive case follow the rules that depend on data or on today, which a static schema
     cannot state (their descriptions do): which models have a price (an operator's table), that a key
-    expires in the future, that a usage range ends by tomorrow and spans at most 366 days. A negative
+    expires in the future, that a usage range ends by tomorrow and spans at most 366 days; and what
+    OpenAPI 3.0 cannot say: that variable names are identifiers, what bytes an upload holds. A negative
     case is left as drawn: the API must still refuse it."""
     if not _is_positive(case):
         return
@@ -111,6 +112,13 @@ def _follow_data_rules(case: schemathesis.Case) -> None:
         expires_at = parse_datetime(body["expires_at"])
         if expires_at is None or expires_at <= timezone.now():
             body["expires_at"] = None
+    if (
+        case.path.startswith("/api/v1/prompts")
+        and body is not None
+        and isinstance(body.get("variables"), dict)
+    ):
+        # variable names are identifiers, which OpenAPI 3.0 cannot say of property names
+        body["variables"] = {f"v{index}": value for index, value in enumerate(body["variables"].values())}
     if body is not None and "file" in body:
         # Any bytes are a binary to the schema; the upload takes text, or a PDF's bytes after "%PDF-".
         # These are both, whichever of the documented types the part declares.
