@@ -227,3 +227,19 @@ def test_document_search_takes_json_only(api_client):
     response = api_client.post("/api/v1/documents/search", {"query": "x"}, format="multipart")
     assert response.status_code == 415
     assert api_client.post("/api/v1/documents/search", {"query": "x"}, format="json").status_code == 200
+
+
+def test_lists_with_items_conform_to_the_schema(contract_key):
+    """The generated runs mostly see empty lists; these hold one item each, checked the same way."""
+    auth = {"Authorization": f"Bearer {contract_key}"}
+
+    def call(method: str, path: str, **data: Any) -> Any:
+        return schema[path][method].Case(**data).call_and_validate(headers=auth)
+
+    call("POST", "/api/v1/chat", body={"message": "hi"}, media_type="application/json")
+    body = {"title": "Notes", "text": "Some notes."}
+    call("POST", "/api/v1/documents/", body=body, media_type="application/json")
+    for path in ("/api/v1/conversations/", "/api/v1/documents/", "/api/v1/keys/"):
+        assert call("GET", path).json()["results"], path
+    conversation = call("GET", "/api/v1/conversations/").json()["results"][0]
+    call("GET", "/api/v1/conversations/{id}/", path_parameters={"id": conversation["id"]})
