@@ -53,7 +53,7 @@ from chat.retrieval import RetrievedChunk, retrieve
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens, input_token_bound
 from monitoring.models import TraceStatus
-from monitoring.services import TraceRecorder
+from monitoring.services import TraceRecorder, refusal_reason, trace_text_fields
 from prompts.selectors import prompt_render, prompt_resolve
 from tenants.background import background
 from tenants.caching import UNAVAILABLE_STAMP_PREFIX, StampedLocalCache
@@ -620,6 +620,7 @@ def _serve_from_cache(
 ) -> ChatResult:
     params = prepared.params
     usage = Usage(hit["input_tokens"], hit["cached_input_tokens"], hit["output_tokens"])
+    recorder.set(**trace_text_fields(tenant=tenant, answer_text=hit["answer"]))
     with recorder.span("settle", cached=True):
         usage_record(
             tenant=tenant,
@@ -749,6 +750,8 @@ def _finish(
     if prepared.semantic_key is not None and cacheable:
         semantic_cache_store(tenant=tenant, key=prepared.semantic_key, question=params.message, hit=entry)
     recorder.set(
+        conversation_id=conversation_id,
+        **trace_text_fields(tenant=tenant, answer_text=answer),
         provider=target.provider,
         model=target.model,
         input_tokens=usage.input_tokens,
@@ -808,18 +811,29 @@ def _redact_output(prepared: Prepared, text: str, recorder: TraceRecorder) -> st
     return redacted
 
 
+def _start_trace(tenant: Tenant, params: ChatParams) -> TraceRecorder:
+    recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
+    recorder.set(
+        end_user=params.user,
+        conversation_id=params.conversation_id,
+        **trace_text_fields(tenant=tenant, request_text=params.message),
+    )
+    return recorder
+
+
 def _close_trace(recorder: TraceRecorder, error: Exception | None) -> None:
     if error is None:
         recorder.finish()
     elif isinstance(error, DomainError | ApiError) and 400 <= error.status_code < 499:
+        code = error.code if isinstance(error, DomainError) else str(error.get_codes())
+        recorder.set(refusal_reason=refusal_reason(code))
         recorder.finish(status=TraceStatus.REFUSED, error=str(error))  # refused for the request's own sake
     else:
         recorder.finish(status=TraceStatus.ERROR, error=f"{type(error).__name__}: {error}")
 
 
 def chat_complete(*, tenant: Tenant, params: ChatParams) -> ChatResult:
-    recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
-    recorder.set(end_user=params.user)
+    recorder = _start_trace(tenant, params)
     error: Exception | None = None
     prepared: Prepared | None = None
     try:
@@ -879,8 +893,8 @@ class ChatStream:
 def chat_stream(*, tenant: Tenant, params: ChatParams) -> ChatStream:
     """Deltas, then the ChatResult. Failing before the first delta raises (the view answers with a
     plain error); failing after it yields StreamError, having charged what was delivered."""
-    recorder = TraceRecorder(tenant=tenant, request_id=params.request_id, endpoint=params.endpoint)
-    recorder.set(end_user=params.user, streamed=True)
+    recorder = _start_trace(tenant, params)
+    recorder.set(streamed=True)
     prepared: Prepared | None = None
     try:
         prepared = prepare(tenant=tenant, params=params, recorder=recorder)

@@ -15,6 +15,18 @@ class TraceStatus(models.TextChoices):
     REFUSED = "refused", "Refused (guard, budget, rate limit)"
 
 
+class RefusalReason(models.TextChoices):
+    """Why a request was refused; the same names label llm_refusals_total."""
+
+    BUDGET = "budget", "Budget exhausted"
+    RATE_LIMIT_REQUESTS = "rate_limit_requests", "Requests per minute"
+    RATE_LIMIT_TOKENS = "rate_limit_tokens", "Tokens per minute"
+    MONTHLY_QUOTA = "monthly_quota", "Monthly token quota"
+    GUARD = "guard", "Input guard"
+    MODEL_NOT_ALLOWED = "model_not_allowed", "Model not allowed"
+    OTHER = "other", "Other"
+
+
 class Trace(TenantOwnedModel):
     """One chat request end to end: what was asked of which model, what it cost and how long it took."""
 
@@ -23,12 +35,14 @@ class Trace(TenantOwnedModel):
     endpoint = models.CharField(max_length=50)
     status = models.CharField(max_length=8, choices=TraceStatus.choices)
     error = models.CharField(max_length=500, blank=True)
+    refusal_reason = models.CharField(max_length=32, blank=True, choices=RefusalReason.choices)
     provider = models.CharField(max_length=32, blank=True)
     model = models.CharField(max_length=100, blank=True)
     prompt_name = models.CharField(max_length=100, blank=True)
     prompt_version = models.PositiveIntegerField(null=True, blank=True)
     prompt_variant = models.BigIntegerField(null=True, blank=True)
     end_user = models.CharField(max_length=200, blank=True)
+    conversation_id = models.UUIDField(null=True, blank=True)
     cached = models.BooleanField(default=False)
     streamed = models.BooleanField(default=False)
     input_tokens = models.PositiveIntegerField(default=0)
@@ -38,11 +52,24 @@ class Trace(TenantOwnedModel):
     latency_ms = models.FloatField(default=0)
     time_to_first_token_ms = models.FloatField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The question and the answer the client got; empty when the tenant keeps no text
+    # (Tenant.store_trace_text), when the sizes (UTF-8 bytes) and SHA-256 hashes still are.
+    request_text = models.TextField(blank=True)
+    answer_text = models.TextField(blank=True)
+    request_bytes = models.PositiveIntegerField(null=True, blank=True)
+    answer_bytes = models.PositiveIntegerField(null=True, blank=True)
+    request_sha256 = models.CharField(max_length=64, blank=True)
+    answer_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="trace_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="trace_tenant_time"),
+            # Feedback names a trace by its request id too (a completion's id is chatcmpl-<request id>).
+            models.Index(fields=["tenant", "request_id"], name="trace_tenant_request"),
+            models.Index(fields=["tenant", "conversation_id"], name="trace_tenant_conversation"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.endpoint} {self.status} {self.model}"

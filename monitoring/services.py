@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, mode
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
-from monitoring.models import Span, Trace, TraceStatus
+from monitoring.models import RefusalReason, Span, Trace, TraceStatus
 from tenants.background import background
 from tenants.database import ASYNC_COMMIT_CTE, async_commit_param, prepared_cursor
 from tenants.models import Tenant
@@ -259,3 +260,40 @@ class TraceQueue:
 
 
 trace_queue = TraceQueue()
+
+
+# --- what a trace says about the request: refusal reason, question and answer --------------------------
+
+# Error codes of refusals -> the reason a trace is filtered by, and llm_refusals_total{reason} counts.
+REFUSAL_REASONS: dict[str, str] = {
+    "budget_exceeded": RefusalReason.BUDGET,
+    "requests_per_minute_exceeded": RefusalReason.RATE_LIMIT_REQUESTS,
+    "tokens_per_minute_exceeded": RefusalReason.RATE_LIMIT_TOKENS,
+    "request_over_tokens_per_minute": RefusalReason.RATE_LIMIT_TOKENS,
+    "monthly_token_quota_exceeded": RefusalReason.MONTHLY_QUOTA,
+    "input_too_large": RefusalReason.GUARD,
+    "prompt_injection_detected": RefusalReason.GUARD,
+    "model_not_allowed": RefusalReason.MODEL_NOT_ALLOWED,
+}
+
+
+def refusal_reason(code: str) -> str:
+    """The refusal reason of an error code: budget, rate_limit_requests, rate_limit_tokens,
+    monthly_quota, guard, model_not_allowed, or other."""
+    return str(REFUSAL_REASONS.get(code, RefusalReason.OTHER))
+
+
+def trace_text_fields(
+    *, tenant: Tenant, request_text: str | None = None, answer_text: str | None = None
+) -> dict[str, Any]:
+    """The trace fields (for TraceRecorder.set) that record the question and/or the answer: their
+    size and SHA-256 always, the text itself only when the tenant keeps it (Tenant.store_trace_text)."""
+    values: dict[str, Any] = {}
+    for prefix, text in (("request", request_text), ("answer", answer_text)):
+        if text is None:
+            continue
+        data = text.encode("utf-8", "surrogatepass")
+        values[f"{prefix}_bytes"] = len(data)
+        values[f"{prefix}_sha256"] = hashlib.sha256(data).hexdigest()
+        values[f"{prefix}_text"] = text if tenant.store_trace_text else ""
+    return values

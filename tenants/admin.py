@@ -57,6 +57,7 @@ class TenantAdmin(admin.ModelAdmin):
             "Quotas",
             {"fields": ["requests_per_minute", "tokens_per_minute", "monthly_token_quota", "allowed_models"]},
         ),
+        ("Traces", {"fields": ["trace_retention_days", "store_trace_text"]}),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
     ]
 

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -41,6 +42,16 @@ class Tenant(models.Model):
         default=default_allowed_models,
         blank=True,
         help_text="Model names or shell patterns (gpt-4o*, *); comma separated. Empty allows none.",
+    )
+    trace_retention_days = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text="Traces (with their spans and feedback) older than this are deleted; the ledger never is.",
+    )
+    store_trace_text = models.BooleanField(
+        default=True,
+        help_text="Keep each request's question and answer on its trace. Off: only their sizes and "
+        "SHA-256 hashes are stored.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
