@@ -21,5 +21,6 @@ urlpatterns = [
     path("api/v1/", include("prompts.urls")),
     path("api/v1/", include("billing.urls")),
     path("api/v1/", include("chat.urls")),
+    path("api/v1/", include("monitoring.urls")),
     path("v1/", include("chat.openai_urls")),
 ]

@@ -27,9 +27,11 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, mode
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
-from monitoring.models import RefusalReason, Span, Trace, TraceStatus
+from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, RefusalReason, Span, Trace, TraceStatus
+from monitoring.selectors import trace_by_reference
 from tenants.background import background
 from tenants.database import ASYNC_COMMIT_CTE, async_commit_param, prepared_cursor
+from tenants.errors import DomainError, NotFoundError
 from tenants.models import Tenant
 
 REQUESTS = Counter("llm_requests_total", "Chat requests", ["endpoint", "provider", "model", "status"])
@@ -297,3 +299,93 @@ def trace_text_fields(
         values[f"{prefix}_sha256"] = hashlib.sha256(data).hexdigest()
         values[f"{prefix}_text"] = text if tenant.store_trace_text else ""
     return values
+
+
+# --- feedback -------------------------------------------------------------------------------------------
+
+FEEDBACK = Counter("llm_feedback_total", "Feedback scores written (new or changed)", ["name", "score"])
+
+# One row per (trace, name, end user) in one statement: concurrent repeats update it, never duplicate
+# it nor fail on the unique constraint (a get-then-create would do both). xmax = 0 on a fresh insert.
+FEEDBACK_UPSERT_SQL = f"""
+INSERT INTO {Feedback._meta.db_table} AS feedback
+    (tenant_id, trace_id, name, score, comment, end_user, prompt_name, prompt_version, prompt_variant,
+     created_at, updated_at)
+VALUES (%(tenant)s, %(trace)s, %(name)s, %(score)s, %(comment)s, %(end_user)s, %(prompt_name)s,
+        %(prompt_version)s, %(prompt_variant)s, %(now)s, %(now)s)
+ON CONFLICT ON CONSTRAINT feedback_one_per_user DO UPDATE SET
+    score = EXCLUDED.score,
+    comment = CASE WHEN %(keep_comment)s THEN feedback.comment ELSE EXCLUDED.comment END,
+    updated_at = EXCLUDED.updated_at
+RETURNING id, xmax = 0
+"""  # noqa: S608
+
+
+def feedback_score_check(*, tenant: Tenant, name: str, score: float) -> None:
+    """A declared scale's score lies within its bounds; any other name is thumbs: -1 or 1."""
+    metric = FeedbackMetric.objects.filter(tenant=tenant, name=name).first()
+    if metric is None or metric.kind == FeedbackKind.THUMBS:
+        if score not in (-1, 1):
+            raise DomainError(
+                f'"{name}" is a thumbs metric: score must be -1 or 1, not {score:g}.',
+                param="score",
+                code="invalid_score",
+            )
+        return
+    low, high = metric.scale_min, metric.scale_max
+    assert low is not None  # the table's check constraint: a scale has both bounds
+    assert high is not None
+    if not low <= score <= high:
+        raise DomainError(
+            f'"{name}" is a scale from {low:g} to {high:g}: {score:g} is outside it.',
+            param="score",
+            code="invalid_score",
+        )
+
+
+def feedback_submit(
+    *,
+    tenant: Tenant,
+    trace: str,
+    score: float,
+    name: str = "rating",
+    comment: str | None = None,
+    user: str | None = None,
+) -> tuple[Feedback, bool]:
+    """Records an end user's score of a trace (its id, request id or completion id), or changes the
+    one they gave it before on this metric. Returns the feedback and whether it is new. `user`
+    defaults to the trace's end user; a `comment` left out keeps the earlier one."""
+    found = trace_by_reference(tenant=tenant, reference=trace)
+    if found is None:
+        raise _trace_not_found(trace)
+    feedback_score_check(tenant=tenant, name=name, score=score)
+    values: dict[str, Any] = {
+        "tenant": tenant.pk,
+        "trace": found.pk,
+        "name": name,
+        "score": score,
+        "comment": comment or "",
+        "keep_comment": comment is None,
+        "end_user": found.end_user if user is None else user,
+        "prompt_name": found.prompt_name,
+        "prompt_version": found.prompt_version,
+        "prompt_variant": found.prompt_variant,
+        "now": timezone.now(),
+    }
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(FEEDBACK_UPSERT_SQL, values)
+            feedback_id, created = cursor.fetchone()
+    except IntegrityError:  # the trace was deleted by retention since it was read
+        raise _trace_not_found(trace) from None
+    FEEDBACK.labels(name=name, score=f"{score:g}").inc()
+    return Feedback.objects.get(pk=feedback_id), created
+
+
+def _trace_not_found(reference: str) -> NotFoundError:
+    return NotFoundError(
+        f"No trace {reference!r}. A trace is written within a second or so after its answer: "
+        "retry shortly if the answer has just been given.",
+        param="trace_id",
+        code="trace_not_found",
+    )

@@ -16,6 +16,8 @@ from billing.models import Invoice
 from billing.services import invoice_finalize, invoice_generate
 from chat.documents import document_create
 from chat.models import Chunk, Conversation, Document, Message
+from monitoring.models import Feedback, Trace
+from monitoring.services import TraceRecorder
 from prompts.models import PromptTemplate
 from prompts.services import experiment_start, prompt_template_create, prompt_version_create
 from tenants.models import ApiKey, Scope, Tenant
@@ -96,6 +98,17 @@ def _document(tenant: Tenant) -> tuple[dict[str, str], State]:
     )
 
 
+def _trace(tenant: Tenant) -> tuple[dict[str, str], State]:
+    recorder = TraceRecorder(tenant=tenant, request_id="secret", endpoint="chat")
+    recorder.set(request_text="secret question", answer_text="secret answer")
+    recorder.finish()
+    Feedback.objects.create(tenant=tenant, trace_id=recorder.id, score=1, comment="secret")
+    return {"pk": str(recorder.id)}, lambda: (
+        Trace.objects.filter(pk=recorder.id).values().get(),
+        list(Feedback.objects.filter(trace_id=recorder.id).values()),
+    )
+
+
 # route name -> creates an object owned by the tenant; returns the URL kwargs and a snapshot of its state.
 OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = {
     "api-key-detail": _api_key,
@@ -114,6 +127,7 @@ OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = 
     "conversation-detail": _conversation,
     "document-detail": _document,
     "document-reingest": _document,
+    "trace-detail": _trace,
 }
 
 
