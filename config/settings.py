@@ -201,6 +201,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sync-vector-indexes": {"task": "chat.tasks.vector_indexes_sync_task", "schedule": 900.0},
     "purge-semantic-cache": {"task": "chat.tasks.semantic_cache_purge_task", "schedule": 3600.0},
     "fail-stalled-documents": {"task": "chat.tasks.documents_fail_stalled_task", "schedule": 300.0},
+    # Traces past each tenant's retention, with their spans and feedback, in bounded batches.
+    "apply-trace-retention": {"task": "monitoring.tasks.trace_retention_task", "schedule": 3600.0},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -223,6 +225,8 @@ API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 1024 * 1024)
 
 # --- After-response bookkeeping (tenants/background.py) -------------------------------------------
 # Traces and exact-cache fills run on one background thread per process.
+# Traces deleted per statement by the retention task (each batch its own short transaction).
+TRACE_RETENTION_BATCH_SIZE = env_int("TRACE_RETENTION_BATCH_SIZE", 5000)
 BACKGROUND_QUEUE_SIZE = env_int("BACKGROUND_QUEUE_SIZE", 10_000)  # beyond it, jobs are dropped (counted)
 BACKGROUND_FLUSH_SECONDS = float(env_str("BACKGROUND_FLUSH_SECONDS", "10"))  # drained for this long at exit
 # How long the thread lets jobs gather once one arrives: one batch (one trace insert) per window.

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -389,3 +390,48 @@ def _trace_not_found(reference: str) -> NotFoundError:
         param="trace_id",
         code="trace_not_found",
     )
+
+
+# --- retention --------------------------------------------------------------------------------------------
+
+# One batch of a tenant's old traces, their spans and their feedback in one statement; the CTE
+# naming the batch is evaluated once, so the three deletes agree on it.
+TRACE_PURGE_SQL = f"""
+WITH doomed AS (
+    SELECT id FROM {Trace._meta.db_table}
+    WHERE tenant_id = %(tenant)s AND created_at < %(cutoff)s
+    LIMIT %(batch)s
+), spans AS (
+    DELETE FROM {Span._meta.db_table} WHERE trace_id IN (SELECT id FROM doomed)
+), feedback AS (
+    DELETE FROM {Feedback._meta.db_table} WHERE trace_id IN (SELECT id FROM doomed)
+)
+DELETE FROM {Trace._meta.db_table} WHERE id IN (SELECT id FROM doomed)
+"""  # noqa: S608
+
+
+def trace_retention_apply(
+    *, tenant: Tenant, now: datetime | None = None, batch_size: int | None = None
+) -> int:
+    """Deletes the tenant's traces older than its retention, with their spans and feedback, in
+    batches of `batch_size` traces, each its own short transaction, so neither the trace writer nor
+    a reader waits on a long delete. Ledger entries keep their trace_id and are never touched.
+    Returns how many traces went."""
+    batch = batch_size or settings.TRACE_RETENTION_BATCH_SIZE
+    cutoff = (now or timezone.now()) - timedelta(days=tenant.trace_retention_days)
+    deleted = 0
+    conflicts = 0
+    while True:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(TRACE_PURGE_SQL, {"tenant": tenant.pk, "cutoff": cutoff, "batch": batch})
+                count = cursor.rowcount
+        except IntegrityError:
+            # Feedback on one of these traces arrived during the statement; the next try sees it.
+            conflicts += 1
+            if conflicts > 3:
+                raise
+            continue
+        deleted += count
+        if count < batch:
+            return deleted
