@@ -3,6 +3,7 @@ tenant's own traces, counted in llm_feedback_total."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -174,10 +175,13 @@ def test_concurrent_repeats_leave_one_row(tenant):
     trace = make_trace(tenant, end_user="alice")
     _, raw = api_key_create(tenant=tenant, name="k", scopes=[Scope.CHAT], actor="test")
     scores = [1 if n % 2 else -1 for n in range(16)]
+    start = threading.Barrier(len(scores))
 
     def send(score: int) -> int:
+        client = client_with_key(raw)
+        start.wait()  # all at once: the race is the point
         try:
-            return post(client_with_key(raw), trace_id=str(trace.id), score=score).status_code
+            return post(client, trace_id=str(trace.id), score=score).status_code
         finally:
             connection.close()
 
