@@ -91,6 +91,8 @@ def test_admin_quota_edit_is_audited(admin_client, tenant):
             "tokens_per_minute": tenant.tokens_per_minute,
             "monthly_token_quota": tenant.monthly_token_quota,
             "allowed_models": "*",
+            "trace_retention_days": 14,
+            "store_trace_text": "on",
             "tenants_apikey_set-TOTAL_FORMS": 0,
             "tenants_apikey_set-INITIAL_FORMS": 0,
         },
@@ -98,8 +100,10 @@ def test_admin_quota_edit_is_audited(admin_client, tenant):
     assert response.status_code in (200, 302)
     tenant.refresh_from_db()
     assert tenant.requests_per_minute == 77, response.content.decode()[:3000]
+    assert (tenant.trace_retention_days, tenant.store_trace_text) == (14, True)
     event = AuditEvent.objects.get(action="tenant.update")
     assert event.changes["requests_per_minute"][1] == 77
+    assert event.changes["trace_retention_days"] == [30, 14]
 
 
 def test_view_only_staff_cannot_rotate_or_revoke_keys(client, tenant, make_key, django_user_model):
