@@ -721,7 +721,9 @@ def _finish(
             trace_id=recorder.id,
             **_prompt_fields(prepared),
         )
-        span.update(cost_nanos=charge.cost_nanos, charged=charge.entry_id is not None)
+        span.update(
+            cost_nanos=charge.cost_nanos, charged=charge.entry_id is not None, finish_reason=finish_reason
+        )
     conversation_id = params.conversation_id
     if params.messages is None:
         conversation_id = conversation_record(

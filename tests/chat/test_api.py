@@ -137,6 +137,7 @@ def test_an_answer_cut_at_max_tokens_is_not_cached(tenant, chat_client, upstream
     openai_server.truncated = True
     first, again = (ask(chat_client, temperature=0).json() for _ in range(2))
     assert (first["finish_reason"], again["finish_reason"]) == ("length", "length")
+    assert Span.objects.get(trace_id=first["trace_id"], name="settle").attributes["finish_reason"] == "length"
     assert (first["cached"], again["cached"]) == (False, False)
     assert len(openai_server.requests) == 2
 
