@@ -42,10 +42,13 @@ errorlog = "-"
 
 
 def worker_exit(server: object, worker: object) -> None:
-    """Write what the worker's background thread still holds (traces...) before it exits."""
+    """Write what the worker's background thread still holds (traces...) before it exits, then send
+    the OpenTelemetry spans still waiting (when exported)."""
+    from monitoring.otel import tracing
     from tenants.background import background
 
     background.flush()
+    tracing.shutdown()
 
 
 def child_exit(server: object, worker: object) -> None:

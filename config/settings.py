@@ -382,6 +382,11 @@ X_FRAME_OPTIONS = "DENY"
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN")
 PROMETHEUS_EXPORT_MIGRATIONS = False
 
+# Set, every trace is also exported as OpenTelemetry spans over OTLP/HTTP (monitoring/otel.py). The
+# SDK reads this and the other standard variables itself (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS,
+# OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_BSP_*...); unset, monitoring/otel.py does not import the SDK.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
+
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "llm-backend@localhost")
 

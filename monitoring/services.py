@@ -29,6 +29,7 @@ from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, RefusalReason, Span, Trace, TraceStatus
+from monitoring.otel import traces_export
 from monitoring.selectors import trace_by_reference
 from tenants.background import background
 from tenants.database import ASYNC_COMMIT_CTE, async_commit_param, prepared_cursor
@@ -260,6 +261,7 @@ class TraceQueue:
                 traces_write(batch)
             except Exception:  # never leave the queue unscheduled behind an unexpected error
                 logger.exception("writing %s traces failed", len(batch))
+            traces_export(batch)  # OpenTelemetry, when configured (monitoring/otel.py)
 
 
 trace_queue = TraceQueue()
