@@ -5,8 +5,10 @@ nothing is exported and no provider is made."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +29,7 @@ from monitoring.models import Span, Trace
 from monitoring.otel import _epoch_ns
 from monitoring.services import TraceRecorder, trace_queue
 from prompts.services import experiment_start
+from tenants.models import Scope
 from tests.chat import conftest as chat
 from tests.chat.test_chain import ask
 
@@ -281,6 +284,47 @@ def test_spans_reach_an_otlp_http_receiver(tenant, chat_client, upstreams, recei
     assert len(spans) == 1 + Span.objects.filter(trace=trace).count()
     assert {span.parent_span_id for span in spans if span.parent_span_id} == {root.span_id}
     assert {span.trace_id for span in spans} == {root.trace_id}
+
+
+@pytest.fixture
+def local_chain(monkeypatch) -> None:
+    """For the gunicorn workers, whose environment is this process's: the offline local model."""
+    monkeypatch.setenv("CHAT_DEFAULT_FALLBACK_CHAIN", "local:local")
+
+
+def test_gunicorn_workers_send_their_spans_when_they_stop(
+    receiver, local_chain, gunicorn_server, tenant, make_key
+):
+    """Real workers, forked before any provider exists, their background threads and batch
+    processors: nothing is sent while they serve (the processor waits for its batch), and every
+    request's spans when they stop, after their last traces are written."""
+    _, raw_key = make_key(tenant, scopes=[Scope.CHAT])
+    trace_ids = set()
+    for n in range(6):
+        request = urllib.request.Request(
+            f"{gunicorn_server.url}/api/v1/chat",
+            data=json.dumps({"message": f"question {n}"}).encode(),
+            headers={"Authorization": f"Bearer {raw_key}", "Content-Type": "application/json"},
+        )
+        # A liveness bound: on a busy machine the workers take a while to load the app.
+        with urllib.request.urlopen(request, timeout=120) as response:
+            trace_ids.add(json.load(response)["trace_id"])
+    assert not receiver.requests
+    gunicorn_server.process.terminate()
+    gunicorn_server.process.wait(60)
+
+    roots = [
+        span
+        for _, request in receiver.requests
+        for resource_spans in request.resource_spans
+        for scope in resource_spans.scope_spans
+        for span in scope.spans
+        if not span.parent_span_id
+    ]
+    exported = {value(a) for root in roots for a in root.attributes if a.key == "llm_backend.trace_id"}
+    assert exported == trace_ids
+    assert {root.name for root in roots} == {"chat local"}
+    assert Trace.objects.filter(pk__in=trace_ids).count() == 6
 
 
 def test_nothing_is_exported_when_no_endpoint_is_set(
