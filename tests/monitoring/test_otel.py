@@ -169,6 +169,41 @@ def test_a_failed_request_is_an_error_root(tenant, chat_client, openai_server, s
     )
 
 
+def test_a_stream_and_a_cache_hit(tenant, chat_client, upstreams, exported):
+    b"".join(ask(chat_client, stream=True, temperature=0).streaming_content)
+    assert ask(chat_client, temperature=0).json()["cached"]
+    streamed, hit = (Trace.objects.get(streamed=streamed) for streamed in (True, False))
+    roots = {
+        root.attributes["llm_backend.trace_id"]: root
+        for root in exported.get_finished_spans()
+        if root.parent is None
+    }
+    children = [span for span in exported.get_finished_spans() if span.parent is not None]
+
+    root = roots[str(streamed.pk)]
+    assert root.attributes["llm_backend.streamed"] is True
+    assert root.attributes["llm_backend.time_to_first_token_ms"] == streamed.time_to_first_token_ms
+    assert root.attributes["gen_ai.usage.output_tokens"] == streamed.output_tokens
+    [stream] = [
+        span for span in children if span.name == "stream" and span.parent.span_id == root.context.span_id
+    ]
+    [attempt] = [span for span in children if span.kind == SpanKind.CLIENT]
+    assert attempt.parent.span_id == root.context.span_id
+    assert attempt.start_time <= stream.start_time <= stream.end_time <= root.end_time
+    assert stream.attributes["llm_backend.usage_source"] == "provider"
+
+    root = roots[str(hit.pk)]
+    assert root.name == "chat gpt-4o-mini"
+    assert root.attributes["llm_backend.cached"] is True
+    assert root.attributes["llm_backend.cost_usd"] == 0
+    assert root.attributes["gen_ai.system"] == "openai"
+    assert not [
+        span
+        for span in children
+        if span.parent.span_id == root.context.span_id and span.kind == SpanKind.CLIENT
+    ]
+
+
 def test_attributes_are_flattened_and_an_odd_trace_loses_only_itself(tenant, exported, monkeypatch, caplog):
     captured: list[tuple[dict, list[dict]]] = []
     monkeypatch.setattr(trace_queue, "put", lambda row, spans: captured.append((row, spans)))
