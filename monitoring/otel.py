@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import DatabaseError
 
+from tenants.background import background
 from tenants.models import Tenant
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ class _Tracing:
     def shutdown(self) -> None:
         """Sends what the processor holds (within the exporter's timeout) and stops it. At exit, the
         background queue is drained first: the traces still in it are exported too."""
-        from tenants.background import background
-
         if self.provider is None or self._pid != os.getpid():
             return
         background.flush()
