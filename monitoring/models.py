@@ -69,6 +69,13 @@ class Trace(TenantOwnedModel):
             # Feedback names a trace by its request id too (a completion's id is chatcmpl-<request id>).
             models.Index(fields=["tenant", "request_id"], name="trace_tenant_request"),
             models.Index(fields=["tenant", "conversation_id"], name="trace_tenant_conversation"),
+            # Experiment results (monitoring/experiments.py) read a variant's traces; partial, because
+            # most traces are of no experiment.
+            models.Index(
+                fields=["tenant", "prompt_variant", "created_at"],
+                name="trace_tenant_variant",
+                condition=models.Q(prompt_variant__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
