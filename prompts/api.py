@@ -10,8 +10,9 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from prompts.models import Experiment, PromptLabel
+from prompts.models import Experiment, PromptLabel, PromptTemplate
 from prompts.selectors import (
+    experiment_results,
     owned_template,
     prompt_render,
     prompt_resolve,
@@ -20,6 +21,7 @@ from prompts.selectors import (
 )
 from prompts.serializers import (
     ExperimentCreateSerializer,
+    ExperimentResultsSerializer,
     LabelMoveSerializer,
     PromptCreateSerializer,
     PromptListSerializer,
@@ -27,6 +29,7 @@ from prompts.serializers import (
     RenderResultSerializer,
     RenderSerializer,
     experiment_data,
+    experiment_results_data,
     rendered_data,
     template_detail,
     template_summary,
@@ -45,7 +48,10 @@ from tenants.models import Scope
 from tenants.openapi import error_responses
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Prompt name (slug)")
+EXPERIMENT_ID = OpenApiParameter("experiment_id", int, OpenApiParameter.PATH)
 READ_ACTIONS = {"list", "retrieve", "render"}
+# Results are monitoring data (traffic, cost, feedback), read with the traces:read scope.
+TRACES_READ_ACTIONS = {"read_experiment_results"}
 
 
 class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
@@ -55,6 +61,8 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
 
     def get_required_scope(self) -> str:
+        if self.action in TRACES_READ_ACTIONS:
+            return Scope.TRACES_READ
         return Scope.CHAT if self.action in READ_ACTIONS else Scope.ADMIN
 
     @extend_schema(
@@ -179,7 +187,7 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
         return Response(experiment_data(experiment), status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        parameters=[NAME, OpenApiParameter("experiment_id", int, OpenApiParameter.PATH)],
+        parameters=[NAME, EXPERIMENT_ID],
         request=None,
         responses={200: OpenApiTypes.OBJECT, **error_responses(409)},
         summary="Stop an experiment",
@@ -191,8 +199,33 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
         url_name="experiment-stop",
     )
     def stop_experiment(self, request: Request, name: str, experiment_id: str) -> Response:
-        template = owned_template(tenant=self.tenant, name=name)
-        experiment = Experiment.objects.filter(template=template, pk=int(experiment_id)).first()
-        if experiment is None:
-            raise NotFoundError(f"Prompt '{name}' has no experiment {experiment_id}.", param="experiment_id")
+        experiment = _experiment_of(owned_template(tenant=self.tenant, name=name), experiment_id)
         return Response(experiment_data(experiment_stop(experiment=experiment, actor=self.actor)))
+
+    @extend_schema(
+        parameters=[NAME, EXPERIMENT_ID],
+        responses=ExperimentResultsSerializer,
+        summary="Per-variant statistics of an experiment, and each variant against the control",
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"experiments/(?P<experiment_id>[0-9]+)/results",
+        url_name="experiment-results",
+    )
+    def read_experiment_results(self, request: Request, name: str, experiment_id: str) -> Response:
+        experiment = _experiment_of(template_for_tenant(tenant=self.tenant, name=name), experiment_id)
+        results = experiment_results(tenant=self.tenant, experiment=experiment)
+        return Response(experiment_results_data(experiment, results))
+
+
+def _experiment_of(template: PromptTemplate, experiment_id: str) -> Experiment:
+    # The route's pattern is digits only, but of any length: past bigint it can match no row.
+    experiment = None
+    if len(experiment_id) <= 18:
+        experiment = Experiment.objects.filter(template=template, pk=int(experiment_id)).first()
+    if experiment is None:
+        raise NotFoundError(
+            f"Prompt '{template.name}' has no experiment {experiment_id}.", param="experiment_id"
+        )
+    return experiment

@@ -12,7 +12,7 @@ import bisect
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -30,6 +30,9 @@ from prompts.rendering import resolve_values, substitute
 from tenants.caching import StampedLocalCache
 from tenants.errors import ForbiddenError, NotFoundError
 from tenants.models import Tenant
+
+if TYPE_CHECKING:
+    from monitoring.experiments import VariantResult
 
 
 class PromptNotFound(NotFoundError):
@@ -226,3 +229,17 @@ def prompt_render(*, resolved: ResolvedPrompt, variables: Any) -> RenderedPrompt
         ]
         return RenderedPrompt(resolved, messages, None)
     return RenderedPrompt(resolved, None, substitute(version.text or "", values))
+
+
+def experiment_results(*, tenant: Tenant, experiment: Experiment) -> list[VariantResult]:
+    """The experiment's statistics over this tenant's traces and feedback. The control is the variant
+    created first: the first one listed when the experiment was started."""
+    # Imported here: scipy takes a second and tens of MB to load, which no chat request should pay.
+    from monitoring.experiments import VariantRef
+    from monitoring.experiments import experiment_results as variant_statistics
+
+    variants = list(experiment.variants.select_related("version").order_by("id"))
+    if not variants:
+        return []
+    refs = [VariantRef(variant.pk, f"v{variant.version.number}") for variant in variants]
+    return variant_statistics(tenant=tenant, variants=refs, control=variants[0].pk)

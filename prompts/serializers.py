@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
@@ -45,6 +47,9 @@ CONTENT_RULES = {
         },
     ],
 }
+
+if TYPE_CHECKING:
+    from monitoring.experiments import VariantResult
 
 
 class MessageSerializer(RequestSerializer):
@@ -202,3 +207,123 @@ class RenderResultSerializer(serializers.Serializer):
     variant = serializers.IntegerField(allow_null=True)
     experiment = serializers.IntegerField(allow_null=True)
     model_config = serializers.DictField()
+
+
+# --- experiment results ---------------------------------------------------------------
+
+
+class EstimateSerializer(serializers.Serializer):
+    value = serializers.FloatField(allow_null=True)
+    low = serializers.FloatField(allow_null=True, help_text="95% confidence interval; null if unknown")
+    high = serializers.FloatField(allow_null=True)
+
+
+class FeedbackResultSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField(help_text="thumbs or scale")
+    count = serializers.IntegerField()
+    positive = serializers.IntegerField(allow_null=True, help_text="Thumbs only: scores above 0")
+    positive_rate = EstimateSerializer(allow_null=True, help_text="Thumbs only; Wilson interval")
+    mean_score = EstimateSerializer(help_text="Student t interval")
+
+
+class ComparisonSerializer(serializers.Serializer):
+    metric = serializers.CharField(help_text="A feedback name, 'error rate', 'latency' or 'cost per request'")
+    test = serializers.ChoiceField(choices=["two_proportion_z", "welch_t"])
+    n_variant = serializers.IntegerField()
+    n_control = serializers.IntegerField()
+    variant_value = serializers.FloatField(allow_null=True)
+    control_value = serializers.FloatField(allow_null=True)
+    difference = EstimateSerializer(help_text="Variant minus control, with its 95% interval")
+    statistic = serializers.FloatField(allow_null=True, help_text="z or t")
+    p_value = serializers.FloatField(allow_null=True)
+    significant = serializers.BooleanField(
+        allow_null=True, help_text="p < 0.05; null below the minimum sample (no verdict)"
+    )
+    verdict = serializers.CharField()
+
+
+class PercentilesSerializer(serializers.Serializer):
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+
+
+class VariantResultSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    version = serializers.IntegerField()
+    weight = serializers.IntegerField()
+    is_control = serializers.BooleanField()
+    requests = serializers.IntegerField()
+    end_users = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]  # shadows Serializer.errors
+    refusals = serializers.IntegerField()
+    error_rate = EstimateSerializer()
+    refusal_rate = EstimateSerializer()
+    latency_ms = PercentilesSerializer(help_text="Successful requests")
+    latency_mean_ms = EstimateSerializer()
+    time_to_first_token_ms = PercentilesSerializer(help_text="Successful streamed requests")
+    input_tokens_mean = serializers.FloatField(allow_null=True)
+    output_tokens_mean = serializers.FloatField(allow_null=True)
+    cost_per_request_usd = EstimateSerializer()
+    feedback = FeedbackResultSerializer(many=True)
+    comparisons = ComparisonSerializer(many=True, help_text="Against the control; empty for the control")
+
+
+class ExperimentResultsSerializer(serializers.Serializer):
+    experiment = serializers.DictField(help_text="id, name, status, started_at, stopped_at, variants")
+    control = serializers.IntegerField(allow_null=True, help_text="Variant id of the control")
+    min_sample = serializers.IntegerField(help_text="Observations per variant before any verdict")
+    variants = VariantResultSerializer(many=True)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: an undefined statistic is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def experiment_results_data(experiment: Any, results: list[VariantResult]) -> dict[str, Any]:
+    from monitoring.experiments import MIN_SAMPLE
+
+    variants = {variant.pk: variant for variant in experiment.variants.select_related("version")}
+    rows = []
+    for result in results:
+        variant = variants[result.ref.id]
+        rows.append(
+            {
+                "id": variant.pk,
+                "version": variant.version.number,
+                "weight": variant.weight,
+                "is_control": result.is_control,
+                "requests": result.requests,
+                "end_users": result.end_users,
+                "errors": result.errors,
+                "refusals": result.refusals,
+                "error_rate": asdict(result.error_rate),
+                "refusal_rate": asdict(result.refusal_rate),
+                "latency_ms": {"p50": result.latency_p50, "p95": result.latency_p95},
+                "latency_mean_ms": asdict(result.latency),
+                "time_to_first_token_ms": {"p50": result.ttft_p50, "p95": result.ttft_p95},
+                "input_tokens_mean": result.input_tokens_mean,
+                "output_tokens_mean": result.output_tokens_mean,
+                "cost_per_request_usd": asdict(result.cost_usd),
+                "feedback": [
+                    {key: value for key, value in asdict(metric).items() if key != "score_variance"}
+                    for metric in result.feedback
+                ],
+                "comparisons": [asdict(comparison) for comparison in result.comparisons],
+            }
+        )
+    return _finite(
+        {
+            "experiment": experiment_data(experiment),
+            "control": next((r.ref.id for r in results if r.is_control), None),
+            "min_sample": MIN_SAMPLE,
+            "variants": rows,
+        }
+    )

@@ -120,6 +120,7 @@ OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = 
     "prompt-experiments": _prompt,
     "prompt-label": _prompt_label,
     "prompt-experiment-stop": _prompt_experiment,
+    "prompt-experiment-results": _prompt_experiment,
     "invoice-detail": _invoice,
     "invoice-pdf": _invoice,
     "invoice-csv": _invoice,
