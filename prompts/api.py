@@ -23,6 +23,8 @@ from prompts.serializers import (
     ExperimentCreateSerializer,
     ExperimentResultsSerializer,
     LabelMoveSerializer,
+    PromoteResultSerializer,
+    PromoteSerializer,
     PromptCreateSerializer,
     PromptListSerializer,
     PromptVersionCreateSerializer,
@@ -36,6 +38,7 @@ from prompts.serializers import (
     version_data,
 )
 from prompts.services import (
+    experiment_promote,
     experiment_start,
     experiment_stop,
     prompt_label_move,
@@ -217,6 +220,34 @@ class PromptViewSet(viewsets.ViewSetMixin, TenantAPIView):
         experiment = _experiment_of(template_for_tenant(tenant=self.tenant, name=name), experiment_id)
         results = experiment_results(tenant=self.tenant, experiment=experiment)
         return Response(experiment_results_data(experiment, results))
+
+    @extend_schema(
+        parameters=[NAME, EXPERIMENT_ID],
+        request=PromoteSerializer,
+        responses=PromoteResultSerializer,
+        summary="Adopt a variant: stop the experiment and move production to its version; audited",
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=r"experiments/(?P<experiment_id>[0-9]+)/promote",
+        url_name="experiment-promote",
+    )
+    def promote_experiment(self, request: Request, name: str, experiment_id: str) -> Response:
+        experiment = _experiment_of(owned_template(tenant=self.tenant, name=name), experiment_id)
+        params = PromoteSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        promotion = experiment_promote(
+            experiment=experiment, variant_id=params.validated_data["variant"], actor=self.actor
+        )
+        return Response(
+            {
+                "experiment": experiment_data(promotion.experiment),
+                "label": promotion.label.name,
+                "version": promotion.label.version.number,
+                "previous_version": promotion.previous_version,
+            }
+        )
 
 
 def _experiment_of(template: PromptTemplate, experiment_id: str) -> Experiment:

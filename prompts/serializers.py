@@ -209,7 +209,13 @@ class RenderResultSerializer(serializers.Serializer):
     model_config = serializers.DictField()
 
 
-# --- experiment results ---------------------------------------------------------------
+# --- experiment results and promote ---------------------------------------------------------------
+
+
+class PromoteSerializer(RequestSerializer):
+    variant = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, help_text="The id of one of the experiment's variants"
+    )
 
 
 class EstimateSerializer(serializers.Serializer):
@@ -274,6 +280,13 @@ class ExperimentResultsSerializer(serializers.Serializer):
     control = serializers.IntegerField(allow_null=True, help_text="Variant id of the control")
     min_sample = serializers.IntegerField(help_text="Observations per variant before any verdict")
     variants = VariantResultSerializer(many=True)
+
+
+class PromoteResultSerializer(serializers.Serializer):
+    experiment = serializers.DictField()
+    label = serializers.CharField()  # type: ignore[assignment]  # shadows Field.label
+    version = serializers.IntegerField()
+    previous_version = serializers.IntegerField(allow_null=True)
 
 
 def _finite(value: Any) -> Any:

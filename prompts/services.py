@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -25,6 +26,13 @@ from tenants.models import AuditEvent, Tenant
 from tenants.services import audit_event_record
 
 Ranges = list[list[int]]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    experiment: Experiment
+    label: PromptLabel
+    previous_version: int | None
 
 
 @transaction.atomic
@@ -316,3 +324,31 @@ def experiment_set_weights(
     )
     prompt_cache_invalidate(name=template.name)
     return locked
+
+
+@transaction.atomic
+def experiment_promote(*, experiment: Experiment, variant_id: int, actor: str) -> Promotion:
+    """Ends an experiment by adopting one variant: stops it and points `production` at the variant's
+    version, audited, in one transaction (the label move and the stop invalidate the prompt caches)."""
+    locked = Experiment.objects.select_for_update().select_related("template").get(pk=experiment.pk)
+    if locked.status == ExperimentStatus.STOPPED:
+        raise ConflictError(f"Experiment {locked.pk} is already stopped; move the label instead.")
+    variant = locked.variants.select_related("version").filter(pk=variant_id).first()
+    if variant is None:
+        raise DomainError(f"Experiment {locked.pk} has no variant {variant_id}.", param="variant")
+    template = locked.template
+    previous = PromptLabel.objects.filter(template=template, name=PRODUCTION_LABEL).select_related("version")
+    previous_number = next((label.version.number for label in previous), None)
+    stopped = experiment_stop(experiment=locked, actor=actor)
+    label = prompt_label_move(template=template, label=PRODUCTION_LABEL, version=variant.version, actor=actor)
+    audit_event_record(
+        tenant=template.tenant,
+        actor=actor,
+        action="experiment.promote",
+        target=locked,
+        changes={
+            "variant": [None, variant.pk],
+            PRODUCTION_LABEL: [previous_number, variant.version.number],
+        },
+    )
+    return Promotion(stopped, label, previous_number)

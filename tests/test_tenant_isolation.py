@@ -121,6 +121,7 @@ OBJECT_FACTORIES: dict[str, Callable[[Tenant], tuple[dict[str, str], State]]] = 
     "prompt-label": _prompt_label,
     "prompt-experiment-stop": _prompt_experiment,
     "prompt-experiment-results": _prompt_experiment,
+    "prompt-experiment-promote": _prompt_experiment,
     "invoice-detail": _invoice,
     "invoice-pdf": _invoice,
     "invoice-csv": _invoice,
@@ -138,6 +139,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "prompt-versions": {"text": "stolen {{ q }}"},
     "prompt-experiments": {"variants": [{"version": 1, "weight": 100}]},
     "prompt-label": {"version": 1},
+    "prompt-experiment-promote": {"variant": 1},
 }
 
 
