@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from django.db import connection
+from django.db import connection, transaction
 from scipy import stats
 
 from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, Trace, TraceStatus
@@ -39,6 +39,7 @@ ERROR_RATE_DIFFERENCE = 0.01  # 1 point of error rate
 MEAN_RELATIVE_DIFFERENCE = 0.10  # latency and cost: 10% of the control's mean
 SCALE_RANGE_DIFFERENCE = 0.05  # scale feedback: 5% of the scale's range
 NANOS_PER_USD = 1_000_000_000
+SORT_MEMORY = "64MB"
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def verdict(
 TRAFFIC_SQL = f"""
 SELECT prompt_variant,
        count(*),
-       count(DISTINCT end_user) FILTER (WHERE end_user <> ''),
+       count(DISTINCT end_user COLLATE "C") FILTER (WHERE end_user <> ''),
        count(*) FILTER (WHERE status = '{TraceStatus.ERROR.value}'),
        count(*) FILTER (WHERE status = '{TraceStatus.REFUSED.value}'),
        count(*) FILTER (WHERE status = '{TraceStatus.OK.value}'),
@@ -270,14 +271,14 @@ SELECT prompt_variant,
        avg(cost_nanos::float8),
        var_samp(cost_nanos::float8)
 FROM {Trace._meta.db_table}
-WHERE tenant_id = %s AND prompt_variant = ANY(%s)
+WHERE tenant_id = %s AND prompt_variant = ANY(%s::bigint[]) AND prompt_variant IS NOT NULL
 GROUP BY prompt_variant
 """  # noqa: S608  (no user input in the f-string: table name and status constants)
 
 FEEDBACK_SQL = f"""
 SELECT prompt_variant, name, count(*), count(*) FILTER (WHERE score > 0), avg(score), var_samp(score)
 FROM {Feedback._meta.db_table}
-WHERE tenant_id = %s AND prompt_variant = ANY(%s)
+WHERE tenant_id = %s AND prompt_variant = ANY(%s::bigint[])
 GROUP BY prompt_variant, name
 ORDER BY name
 """  # noqa: S608
@@ -335,7 +336,10 @@ def experiment_results(
     results = {ref.id: VariantResult(ref) for ref in variants}
     ids = list(results)
     feedback_rows: dict[tuple[int, str], Sequence] = {}
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The percentiles and the distinct end users sort the experiment's rows: in memory, not in
+        # temporary files, up to about a million traces.
+        cursor.execute(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
         cursor.execute(TRAFFIC_SQL, [tenant.pk, ids])
         for row in cursor.fetchall():
             _fill_traffic(results[row[0]], row)

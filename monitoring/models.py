@@ -27,6 +27,18 @@ class RefusalReason(models.TextChoices):
     OTHER = "other", "Other"
 
 
+# What experiment results aggregate of a trace (monitoring/experiments.py).
+EXPERIMENT_COLUMNS = [
+    "status",
+    "end_user",
+    "latency_ms",
+    "time_to_first_token_ms",
+    "input_tokens",
+    "output_tokens",
+    "cost_nanos",
+]
+
+
 class Trace(TenantOwnedModel):
     """One chat request end to end: what was asked of which model, what it cost and how long it took."""
 
@@ -69,12 +81,14 @@ class Trace(TenantOwnedModel):
             # Feedback names a trace by its request id too (a completion's id is chatcmpl-<request id>).
             models.Index(fields=["tenant", "request_id"], name="trace_tenant_request"),
             models.Index(fields=["tenant", "conversation_id"], name="trace_tenant_conversation"),
-            # Experiment results (monitoring/experiments.py) read a variant's traces; partial, because
-            # most traces are of no experiment.
+            # Experiment results (monitoring/experiments.py) aggregate a variant's traces: partial,
+            # because most traces are of no experiment, and covering what is aggregated, so they are
+            # read from the index alone (an index-only scan) rather than from the wide heap rows.
             models.Index(
                 fields=["tenant", "prompt_variant", "created_at"],
                 name="trace_tenant_variant",
                 condition=models.Q(prompt_variant__isnull=False),
+                include=EXPERIMENT_COLUMNS,
             ),
         ]
 

@@ -19,6 +19,15 @@ class Migration(migrations.Migration):
             index=models.Index(
                 condition=models.Q(("prompt_variant__isnull", False)),
                 fields=["tenant", "prompt_variant", "created_at"],
+                include=[
+                    "status",
+                    "end_user",
+                    "latency_ms",
+                    "time_to_first_token_ms",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_nanos",
+                ],
                 name="trace_tenant_variant",
             ),
         ),
