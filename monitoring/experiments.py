@@ -1,7 +1,7 @@
 """Experiment results: per-variant traffic and feedback statistics from SQL aggregates, and the
 significance of each variant's difference from the control.
 
-Everything is computed from a few numbers per variant that PostgreSQL aggregates in two queries
+Everything is computed from a few numbers per variant that PostgreSQL aggregates in three queries
 (counts, means, sample variances, percentiles), so the cost grows with the experiment's rows read
 through an index, not with the tenant's history. The tests and p-values come from scipy.stats:
 
@@ -256,7 +256,6 @@ def verdict(
 TRAFFIC_SQL = f"""
 SELECT prompt_variant,
        count(*),
-       count(DISTINCT end_user COLLATE "C") FILTER (WHERE end_user <> ''),
        count(*) FILTER (WHERE status = '{TraceStatus.ERROR.value}'),
        count(*) FILTER (WHERE status = '{TraceStatus.REFUSED.value}'),
        count(*) FILTER (WHERE status = '{TraceStatus.OK.value}'),
@@ -275,6 +274,19 @@ WHERE tenant_id = %s AND prompt_variant = ANY(%s::bigint[]) AND prompt_variant I
 GROUP BY prompt_variant
 """  # noqa: S608  (no user input in the f-string: table name and status constants)
 
+# Apart, and hashed rather than sorted: counting distinct end users in the aggregate above sorted
+# every row by end user, which took longer than everything else together (2.5 s of 5 at 1M traces).
+END_USERS_SQL = f"""
+SELECT prompt_variant, count(*)
+FROM (
+    SELECT DISTINCT prompt_variant, end_user
+    FROM {Trace._meta.db_table}
+    WHERE tenant_id = %s AND prompt_variant = ANY(%s::bigint[]) AND prompt_variant IS NOT NULL
+      AND end_user <> ''
+) AS users
+GROUP BY prompt_variant
+"""  # noqa: S608
+
 FEEDBACK_SQL = f"""
 SELECT prompt_variant, name, count(*), count(*) FILTER (WHERE score > 0), avg(score), var_samp(score)
 FROM {Feedback._meta.db_table}
@@ -285,29 +297,8 @@ ORDER BY name
 
 
 def _fill_traffic(result: VariantResult, row: Sequence) -> None:
-    (
-        _,
-        requests,
-        end_users,
-        errors,
-        refusals,
-        ok,
-        latency,
-        lat_mean,
-        lat_var,
-        ttft,
-        tin,
-        tout,
-        cost,
-        cvar,
-    ) = row
-    result.requests, result.end_users, result.errors, result.refusals, result.ok = (
-        requests,
-        end_users,
-        errors,
-        refusals,
-        ok,
-    )
+    (_, requests, errors, refusals, ok, latency, lat_mean, lat_var, ttft, tin, tout, cost, cvar) = row
+    result.requests, result.errors, result.refusals, result.ok = requests, errors, refusals, ok
     result.error_rate = wilson_interval(errors, requests)
     result.refusal_rate = wilson_interval(refusals, requests)
     result.latency_p50, result.latency_p95 = latency or (None, None)
@@ -343,6 +334,9 @@ def experiment_results(
         cursor.execute(TRAFFIC_SQL, [tenant.pk, ids])
         for row in cursor.fetchall():
             _fill_traffic(results[row[0]], row)
+        cursor.execute(END_USERS_SQL, [tenant.pk, ids])
+        for variant_id, end_users in cursor.fetchall():
+            results[variant_id].end_users = end_users
         cursor.execute(FEEDBACK_SQL, [tenant.pk, ids])
         for variant_id, name, *rest in cursor.fetchall():
             feedback_rows[(variant_id, name)] = rest
