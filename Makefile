@@ -8,6 +8,7 @@ PYTHON ?= $(or $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' >/dev/nul
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+APPS := config tenants prompts chat billing monitoring
 
 .PHONY: run test lint typecheck bench manage clean-data
 
@@ -20,10 +21,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m config.devserver run
 
-# Lint and type checks are part of the test command so CI keeps them clean.
+# Lint, type and security checks (bandit, medium and high findings) are part of the test command
+# so CI keeps them clean.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	DEBUG=1 $(VENV)/bin/mypy .
+	$(VENV)/bin/bandit -c pyproject.toml -r $(APPS) -ll -q
 	$(PY) -m config.devserver test $(ARGS)
 
 lint: $(STAMP)

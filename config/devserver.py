@@ -42,7 +42,9 @@ def log(message: str) -> None:
 def start_embedded_postgres(database: str) -> str:
     """Start (or reuse) PostgreSQL 16 + pgvector under .data/pg and return a DATABASE_URL for it."""
     # pgserver keeps its lock file in the user runtime dir; this is platformdirs' own fallback, made explicit.
-    runtime_dir = Path(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"))  # noqa: S108
+    # It holds only that lock file, in a directory created 0700 (and reset to 0700 when ours).
+    fallback = f"/tmp/runtime-{os.getuid()}"  # noqa: S108  # nosec B108  # 0700 and ours, below
+    runtime_dir = Path(os.environ.setdefault("XDG_RUNTIME_DIR", fallback))
     runtime_dir.mkdir(mode=0o700, exist_ok=True)
     if runtime_dir.stat().st_uid == os.getuid():
         runtime_dir.chmod(0o700)

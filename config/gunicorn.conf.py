@@ -36,7 +36,7 @@ graceful_timeout = 20
 keepalive = 5
 # The workers' heartbeat touches a file each loop turn: in memory, not on a disk-backed /tmp (gunicorn's
 # advice; the file is its own mkstemp, private to the worker).
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108  # nosec B108  # a private mkstemp
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 

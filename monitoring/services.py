@@ -179,7 +179,7 @@ INSERT INTO {Span._meta.db_table} (trace_id, ordinal, name, status, start_ms, du
 SELECT trace_id, ordinal, name, status, start_ms, duration_ms, attributes
 FROM jsonb_to_recordset(%(spans)s::jsonb) AS span(
     trace_id uuid, ordinal int, name text, status text, start_ms float8, duration_ms float8, attributes jsonb)
-"""  # noqa: S608
+"""  # noqa: S608  # nosec B608  # names and types come from the models; values are bound parameters
 
 
 def traces_write(traces: list[tuple[dict[str, Any], list[dict[str, Any]]]], *, retry: bool = True) -> None:
