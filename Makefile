@@ -15,7 +15,7 @@ APPS := config tenants prompts chat billing monitoring
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,embedded]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -172,15 +172,13 @@ def terminate(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
             process.wait()
 
 
-def serve(env: dict[str, str]) -> int:
-    manage(env, "migrate", "--noinput")
-    manage(env, "collectstatic", "--noinput", "--verbosity", "0")
-    manage(env, "bootstrap_demo")
-    commands = {
-        "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"],
-        "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"],
+def process_commands(python: str, beat_schedule: Path) -> dict[str, list[str]]:
+    """The app's long-running processes; compose.yaml runs the same commands (a test compares them)."""
+    return {
+        "web": [python, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"],
+        "worker": [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"],
         "beat": [
-            sys.executable,
+            python,
             "-m",
             "celery",
             "-A",
@@ -189,9 +187,16 @@ def serve(env: dict[str, str]) -> int:
             "--loglevel",
             "INFO",
             "--schedule",
-            str(DATA_DIR / "celerybeat-schedule"),
+            str(beat_schedule),
         ],
     }
+
+
+def serve(env: dict[str, str]) -> int:
+    manage(env, "migrate", "--noinput")
+    manage(env, "collectstatic", "--noinput", "--verbosity", "0")
+    manage(env, "bootstrap_demo")
+    commands = process_commands(sys.executable, DATA_DIR / "celerybeat-schedule")
     # Own sessions, so Ctrl-C reaches only us and we stop each child gracefully, in order.
     processes = {
         name: subprocess.Popen(command, cwd=BASE_DIR, env=env, start_new_session=True)

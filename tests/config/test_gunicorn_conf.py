@@ -32,3 +32,13 @@ def test_workers_default_to_the_usable_cores(tmp_path, cpu_max, expected):
     if cpu_max is not None:
         path.write_text(cpu_max)
     assert gunicorn_conf().usable_cores(path) == min(cores, expected or cores)
+
+
+def test_master_starts_with_an_empty_metrics_directory(tmp_path, monkeypatch):
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_4242.db").write_bytes(b"a previous run's worker")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    gunicorn_conf().on_starting(server=None)
+    assert metrics_dir.is_dir()
+    assert list(metrics_dir.iterdir()) == []
