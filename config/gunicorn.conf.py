@@ -42,6 +42,35 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 
 
+def log_format() -> str:
+    """The format settings.py picks (LOG_FORMAT, else JSON unless DEBUG is on), without loading Django."""
+    debug = os.environ.get("DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    return os.environ.get("LOG_FORMAT", "").strip() or ("plain" if debug else "json")
+
+
+if log_format() == "json":
+    # Gunicorn's own lines (start, worker boots, access log) in the app's JSON shape; an access line
+    # carries the X-Request-ID the app answered with.
+    access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "config.logs.JsonFormatter"}},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            # GUNICORN_ACCESS_LOG="" still turns the access log off.
+            "gunicorn.access": {
+                "handlers": ["console"] if accesslog else [],
+                "level": "INFO",
+                "propagate": False,
+            },
+        },
+    }
+
+
 def on_starting(server: object) -> None:
     """Start prometheus_client's multiprocess directory empty: files of a previous run's workers
     would be summed into /metrics (a container restart keeps its /tmp)."""

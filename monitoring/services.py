@@ -28,6 +28,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, mode
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
+from config.logs import log_context_update
 from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, RefusalReason, Span, Trace, TraceStatus
 from monitoring.otel import traces_export
 from monitoring.selectors import trace_by_reference
@@ -84,6 +85,10 @@ class TraceRecorder:
     created_at: Any = field(default_factory=timezone.now)
     spans: list[dict[str, Any]] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The request's log lines from here on name their trace.
+        log_context_update(trace_id=str(self.id))
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

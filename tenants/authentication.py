@@ -10,6 +10,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
+from config.logs import log_context_update
 from tenants.models import ApiKey, Tenant
 from tenants.services import api_key_authenticate
 
@@ -54,6 +55,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE, code="invalid_api_key")
         if not api_key.tenant.is_active:
             raise exceptions.PermissionDenied("This tenant is disabled.", code="tenant_disabled")
+        log_context_update(tenant=api_key.tenant.slug)
         return TenantPrincipal(api_key), api_key
 
     def authenticate_header(self, request: Request) -> str:
