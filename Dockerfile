@@ -27,7 +27,7 @@ RUN apt-get update \
         libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
+    && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -51,6 +51,7 @@ COPY templates templates
 # below only let the settings load for this one command; the real ones come at run time.
 RUN SECRET_KEY=collectstatic-only REDIS_URL=redis://unused:6379/0 \
     python manage.py collectstatic --noinput --verbosity 0
+# Its home is writable: gunicorn keeps its control socket there (~/.gunicorn).
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
