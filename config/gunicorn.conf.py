@@ -29,9 +29,10 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
-workers = int(os.environ.get("WEB_CONCURRENCY", usable_cores()))
+# An empty value (compose passes `${WEB_CONCURRENCY:-}` through) means unset.
+workers = int(os.environ.get("WEB_CONCURRENCY") or usable_cores())
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS") or "8")
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 20
 keepalive = 5

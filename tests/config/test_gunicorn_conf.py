@@ -42,3 +42,12 @@ def test_master_starts_with_an_empty_metrics_directory(tmp_path, monkeypatch):
     gunicorn_conf().on_starting(server=None)
     assert metrics_dir.is_dir()
     assert list(metrics_dir.iterdir()) == []
+
+
+def test_an_empty_worker_count_means_the_usable_cores(monkeypatch):
+    """compose.yaml passes WEB_CONCURRENCY through as an empty string when the operator set none."""
+    monkeypatch.setenv("WEB_CONCURRENCY", "")
+    monkeypatch.setenv("GUNICORN_THREADS", "")
+    conf = gunicorn_conf()
+    assert conf.workers == conf.usable_cores()
+    assert conf.threads == 8
