@@ -6,14 +6,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import secrets
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from config.logs import JsonFormatter, PlainFormatter, RequestContextFilter, log_context
 from tests.chat.conftest import _chat_state  # noqa: F401  (autouse: seed prices, fresh caches)
 from tests.config.test_settings import manage
-from tests.conftest import client_with_key
+from tests.conftest import BASE_DIR, client_with_key
 from tests.fake_llm import FakeLLMServer
 
 PROVIDER_KEY = "sk-proj-" + "Q" * 40
@@ -111,3 +115,45 @@ def test_production_settings_log_json_and_development_plain_text():
     development = manage("shell", "-c", probe, DEBUG="1")
     assert development.returncode == 0, development.stderr
     assert development.stderr.strip().endswith("WARNING probe one line\nper event")
+
+
+def test_the_celery_worker_logs_json_in_production(settings):
+    """Celery does not take over the root logger with its own text format."""
+    env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "DATABASE_URL"}}
+    env.update(DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), REDIS_URL=settings.REDIS_URL)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "1",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # A worker that never logs "ready." is ended after a while, and the loop with it.
+    watchdog = threading.Timer(120, worker.kill)
+    watchdog.start()
+    try:
+        lines: list[str] = []
+        for line in worker.stderr:
+            lines.append(line)
+            if "ready." in line:
+                break
+    finally:
+        watchdog.cancel()
+        worker.terminate()
+        worker.wait(30)
+    assert lines, "the worker logged nothing"
+    ready = json.loads(lines[-1])
+    assert (ready["logger"], ready["level"]) == ("celery.apps.worker", "INFO")
+    assert ready["message"].endswith("ready.")
