@@ -8,6 +8,11 @@ from rest_framework import serializers
 
 from tenants.serializers import NO_NUL, RequestSerializer
 
+PROMPT_IS_A_NAME = (
+    "prompt is a prompt template's name (letters, digits, - and _); label, version and variables are "
+    "fields beside it, not inside it."
+)
+
 
 class ChatRequestSerializer(RequestSerializer):
     message = serializers.CharField(trim_whitespace=False)
@@ -17,8 +22,8 @@ class ChatRequestSerializer(RequestSerializer):
         max_length=100,
         help_text="A prompt template's name; label, version and variables are fields beside it.",
         error_messages={
-            "invalid": "prompt is a prompt template's name (letters, digits, - and _); label, version "
-            "and variables are fields beside it, not inside it."
+            "invalid": PROMPT_IS_A_NAME,
+            "wrong_type": PROMPT_IS_A_NAME,
         },
     )
     label = serializers.SlugField(required=False, max_length=50)  # type: ignore[assignment]  # shadows Field.label

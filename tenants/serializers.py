@@ -63,8 +63,9 @@ class RequestSerializer(serializers.Serializer):
                 if data.get(name) == "" and not getattr(field, "allow_blank", False)
             }
         elif isinstance(data, Mapping):
+            # A field may say more than the type it wants (error_messages["wrong_type"]).
             errors = {
-                name: [f"Not a valid {expected}."]
+                name: [str(field.error_messages.get("wrong_type", f"Not a valid {expected}."))]
                 for name, field in self.fields.items()
                 if name in data and (expected := json_type_mismatch(field, data[name]))
             }
