@@ -12,7 +12,10 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import checks  # noqa: F401  (registers the embedding checks)
+        from chat.metrics import CircuitStateCollector
         from chat.selectors import known_circuits
         from monitoring.health import register_status_section
+        from monitoring.metrics import SCRAPE_TIME
 
         register_status_section("circuits", lambda: {c.target: c.state for c in known_circuits()})
+        SCRAPE_TIME.register(CircuitStateCollector())

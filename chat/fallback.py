@@ -19,7 +19,8 @@ from django.conf import settings
 from billing.services import ModelNotPriced, ReservationHandle, budget_release
 from chat.circuit import circuit_allows, circuit_record_failure, circuit_record_success
 from chat.providers import Completion, Finish, ProviderError, ProviderRequest, Usage, provider_named
-from monitoring.services import ATTEMPTS, TraceRecorder
+from monitoring.metrics import ATTEMPTS, FALLBACKS
+from monitoring.services import TraceRecorder
 from tenants.errors import ApiError
 
 T = TypeVar("T")
@@ -80,10 +81,17 @@ def run_chain(
     call: Callable[[Target, ProviderRequest], T],
     recorder: TraceRecorder,
 ) -> Served[T]:
-    """Runs `call` down the chain until one target succeeds; raises UpstreamUnavailable if none does."""
+    """Runs `call` down the chain until one target succeeds; raises UpstreamUnavailable if none does.
+    Each step to the next target counts in llm_fallbacks_total: from the one left, to the next in the
+    chain (tried, or itself skipped: another step), reason the error kind, circuit_open or
+    model_not_priced."""
     failures: list[str] = []
     attempts = 0
+    left_because = ""  # why the chain left the previous target: the fallback's reason
     for position, target in enumerate(targets):
+        if position:
+            FALLBACKS.labels(targets[position - 1].key, target.key, left_because).inc()
+        left_because = "circuit_open"
         if not circuit_allows(target.key):
             recorder.add_span(
                 "provider",
@@ -102,6 +110,7 @@ def run_chain(
         except ModelNotPriced as exc:
             if position == 0 and len(targets) == 1:
                 raise
+            left_because = "model_not_priced"
             failures.append(f"{target.key}: {exc.message}")
             continue
         for retry in range(settings.CHAT_MAX_RETRIES + 1):
@@ -133,6 +142,7 @@ def run_chain(
                 raise UpstreamRejected(outcome)
             delay = backoff_seconds(retry + 1, outcome) if outcome.retryable else None
             if delay is None or retry == settings.CHAT_MAX_RETRIES:
+                left_because = outcome.kind
                 failures.append(f"{target.key}: {outcome}")
                 break
             time.sleep(delay)

@@ -52,6 +52,7 @@ from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, 
 from chat.retrieval import RetrievedChunk, retrieve
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens, input_token_bound
+from monitoring.metrics import CACHE_HITS, CACHE_MISSES, refusal_count
 from monitoring.models import TraceStatus
 from monitoring.services import TraceRecorder, refusal_reason, trace_text_fields
 from prompts.selectors import prompt_render, prompt_resolve
@@ -595,6 +596,7 @@ def _cached_answer(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder) 
             except CACHE_ERRORS:
                 hit = None
             span["hit"] = hit is not None
+        (CACHE_MISSES if hit is None else CACHE_HITS).labels(kind="exact").inc()
     if hit is None and prepared.semantic_key is not None:
         threshold = prepared.chat_settings.semantic_cache_threshold
         with recorder.span("cache", kind="semantic", threshold=threshold) as span:
@@ -612,6 +614,7 @@ def _cached_answer(tenant: Tenant, prepared: Prepared, recorder: TraceRecorder) 
                     "output_tokens": entry.output_tokens,
                     "citations": entry.citations,
                 }
+        (CACHE_MISSES if hit is None else CACHE_HITS).labels(kind="semantic").inc()
     return hit
 
 
@@ -823,13 +826,21 @@ def _start_trace(tenant: Tenant, params: ChatParams) -> TraceRecorder:
     return recorder
 
 
+def _error_code(error: DomainError | ApiError) -> str:
+    if isinstance(error, DomainError):
+        return error.code
+    codes = error.get_codes()
+    return codes if isinstance(codes, str) else ""
+
+
 def _close_trace(recorder: TraceRecorder, error: Exception | None) -> None:
     if error is None:
         recorder.finish()
     elif isinstance(error, DomainError | ApiError) and 400 <= error.status_code < 499:
-        code = error.code if isinstance(error, DomainError) else str(error.get_codes())
+        code = _error_code(error)
         recorder.set(refusal_reason=refusal_reason(code))
         recorder.finish(status=TraceStatus.REFUSED, error=str(error))  # refused for the request's own sake
+        refusal_count(tenant=recorder.tenant, code=code)
     else:
         recorder.finish(status=TraceStatus.ERROR, error=f"{type(error).__name__}: {error}")
 

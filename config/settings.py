@@ -384,6 +384,9 @@ X_FRAME_OPTIONS = "DENY"
 
 # /metrics needs `Authorization: Bearer <METRICS_BEARER_TOKEN>` when this is set.
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN")
+# A `tenant` label (the slug) on the request, token, cost and refusal metrics: one series per tenant
+# and label set, so off by default; read when the process starts.
+METRICS_TENANT_LABEL = env_bool("METRICS_TENANT_LABEL", False)
 PROMETHEUS_EXPORT_MIGRATIONS = False
 
 # Set, every trace is also exported as OpenTelemetry spans over OTLP/HTTP (monitoring/otel.py). The

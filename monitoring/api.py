@@ -6,9 +6,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import mixins
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from monitoring.health import run_health_checks, status_sections
+from monitoring.metrics import metrics_exposition
 from monitoring.models import Feedback, Trace
 from monitoring.selectors import feedback_list, trace_detail_queryset, trace_list
 from monitoring.serializers import (
@@ -76,7 +77,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(supplied.encode(), token.encode()):
             return json_error_response(401, "Metrics need 'Authorization: Bearer <METRICS_BEARER_TOKEN>'.")
-    return ExportToDjangoView(request)
+    return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 # --- feedback and traces ------------------------------------------------------------------------------

@@ -26,9 +26,17 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, DataError, IntegrityError, connection, models, transaction
 from django.utils import timezone
-from prometheus_client import Counter, Histogram
 
 from config.logs import log_context_update
+
+# The metrics live in monitoring/metrics.py; the names other modules imported from here still resolve.
+from monitoring.metrics import ATTEMPTS as ATTEMPTS
+from monitoring.metrics import COST as COST
+from monitoring.metrics import FEEDBACK, TRACES_DROPPED, TRACES_LOST, request_observe
+from monitoring.metrics import LATENCY as LATENCY
+from monitoring.metrics import REQUESTS as REQUESTS
+from monitoring.metrics import TOKENS as TOKENS
+from monitoring.metrics import TTFT as TTFT
 from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, RefusalReason, Span, Trace, TraceStatus
 from monitoring.otel import traces_export
 from monitoring.selectors import trace_by_reference
@@ -37,26 +45,7 @@ from tenants.database import ASYNC_COMMIT_CTE, async_commit_param, prepared_curs
 from tenants.errors import DomainError, NotFoundError
 from tenants.models import Tenant
 
-REQUESTS = Counter("llm_requests_total", "Chat requests", ["endpoint", "provider", "model", "status"])
-TOKENS = Counter("llm_tokens_total", "Tokens", ["provider", "model", "kind"])
-COST = Counter("llm_cost_usd_total", "Cost charged, USD", ["provider", "model"])
-LATENCY = Histogram(
-    "llm_request_seconds",
-    "Chat request latency",
-    ["endpoint"],
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-)
-TTFT = Histogram(
-    "llm_time_to_first_token_seconds",
-    "Time to first streamed token",
-    ["provider"],
-    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
-)
 logger = logging.getLogger(__name__)
-
-ATTEMPTS = Counter("llm_provider_attempts_total", "Provider attempts", ["provider", "model", "outcome"])
-TRACES_DROPPED = Counter("llm_traces_dropped_total", "Traces dropped: too many were waiting to be written")
-TRACES_LOST = Counter("llm_traces_lost_total", "Traces whose write failed")
 
 
 def _json_safe(value: Any) -> Any:
@@ -147,14 +136,7 @@ class TraceRecorder:
             "latency_ms": latency,
             "created_at": self.created_at.isoformat(),  # to the microsecond (DjangoJSONEncoder keeps ms)
         }
-        labels = {"provider": row["provider"] or "-", "model": row["model"] or "-"}
-        REQUESTS.labels(endpoint=self.endpoint, status=status, **labels).inc()
-        LATENCY.labels(endpoint=self.endpoint).observe(latency / 1000)
-        if row["time_to_first_token_ms"] is not None:
-            TTFT.labels(provider=labels["provider"]).observe(row["time_to_first_token_ms"] / 1000)
-        for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
-            TOKENS.labels(kind=kind, **labels).inc(row[kind])
-        COST.labels(**labels).inc(row["cost_nanos"] / 1e9)
+        request_observe(tenant=self.tenant, endpoint=self.endpoint, row=row)
         trace_queue.put(row, self.spans)
 
 
@@ -310,8 +292,6 @@ def trace_text_fields(
 
 
 # --- feedback -------------------------------------------------------------------------------------------
-
-FEEDBACK = Counter("llm_feedback_total", "Feedback scores written (new or changed)", ["name", "score"])
 
 # One row per (trace, name, end user) in one statement: concurrent repeats update it, never duplicate
 # it nor fail on the unique constraint (a get-then-create would do both). xmax = 0 on a fresh insert.

@@ -20,6 +20,7 @@ from django_ratelimit.core import get_usage
 from django_redis import get_redis_connection
 from redis.exceptions import NoScriptError, ResponseError
 
+from monitoring.metrics import refusal_count
 from tenants.errors import CACHE_ERRORS, ApiError
 from tenants.models import ApiKey, Tenant
 
@@ -110,6 +111,7 @@ def request_rate_limits_enforce(request: Any, *, api_key: ApiKey) -> list[Policy
                 continue
             usages.append(usage)
             if usage.exceeded:
+                refusal_count(tenant=api_key.tenant, code="requests_per_minute_exceeded")
                 raise rate_limited_error(
                     usages,
                     "Rate limit exceeded: too many requests per minute. Retry after the Retry-After delay.",

@@ -151,6 +151,13 @@ class GunicornServer:
 @pytest.fixture
 def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
     """The app under the same gunicorn config `make run` uses (several worker processes)."""
+    with gunicorn_running() as server:
+        yield server
+
+
+@contextmanager
+def gunicorn_running(**extra_env: str) -> Iterator[GunicornServer]:
+    """gunicorn_server with more environment (PROMETHEUS_MULTIPROC_DIR, provider URLs...)."""
     port = free_port()
     env = {
         **os.environ,
@@ -159,6 +166,7 @@ def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
         "PORT": str(port),
         "WEB_CONCURRENCY": "3",
         "GUNICORN_ACCESS_LOG": "",
+        **extra_env,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi", "--config", "config/gunicorn.conf.py"],
@@ -177,11 +185,13 @@ def gunicorn_server(transactional_db: None) -> Iterator[GunicornServer]:
             stderr = process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
             raise RuntimeError(f"gunicorn did not start: {stderr}")
         time.sleep(0.2)
-    yield server
-    process.terminate()
     try:
-        process.wait(60)  # the graceful stop; a loaded machine may need long
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    connection.close()
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)  # the graceful stop; a loaded machine may need long
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        connection.close()
