@@ -6,6 +6,7 @@ pipeline counts is tested in tests/chat/test_metrics.py."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.error
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -143,3 +144,43 @@ def test_several_workers_sum_to_the_ledger(transactional_db, tenant, make_key, t
         [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- the operator's files in ops/ ----------------------------------------------------------------------
+
+
+def test_alert_rules_pass_promtool():
+    check = subprocess.run(
+        [promtool(), "check", "rules", str(OPS / "prometheus-alerts.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS" in check.stdout
+
+
+def test_alert_rules_fire_as_their_unit_tests_say():
+    check = subprocess.run(
+        [promtool(), "test", "rules", "prometheus-alerts.test.yml"],
+        cwd=OPS,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# Defined by the feedback service, beside these: the dashboard and alerts use it too.
+ELSEWHERE = {"llm_feedback_total"}
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_that_exist():
+    dashboard = json.loads((OPS / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert exprs
+    used = set(re.findall(r"\bllm_[a-z_]+", " ".join(exprs) + (OPS / "prometheus-alerts.yml").read_text()))
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
+    defined = {metric.name for metric in REGISTRY.collect()} | {"llm_circuit_state"}
+    defined |= {f"{name}_total" for name in defined}
+    assert used - defined - ELSEWHERE == set()
