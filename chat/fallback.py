@@ -91,8 +91,8 @@ def run_chain(
     for position, target in enumerate(targets):
         if position:
             FALLBACKS.labels(targets[position - 1].key, target.key, left_because).inc()
-        left_because = "circuit_open"
         if not circuit_allows(target.key):
+            left_because = "circuit_open"
             recorder.add_span(
                 "provider",
                 start_ms=recorder.elapsed_ms(),
