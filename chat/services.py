@@ -52,9 +52,9 @@ from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, 
 from chat.retrieval import RetrievedChunk, retrieve
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens, input_token_bound
-from monitoring.metrics import CACHE_HITS, CACHE_MISSES, refusal_count
+from monitoring.metrics import CACHE_HITS, CACHE_MISSES, refusal_count, refusal_reason
 from monitoring.models import TraceStatus
-from monitoring.services import TraceRecorder, refusal_reason, trace_text_fields
+from monitoring.services import TraceRecorder, trace_text_fields
 from prompts.selectors import prompt_render, prompt_resolve
 from tenants.background import background
 from tenants.caching import UNAVAILABLE_STAMP_PREFIX, StampedLocalCache

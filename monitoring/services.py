@@ -37,7 +37,7 @@ from monitoring.metrics import LATENCY as LATENCY
 from monitoring.metrics import REQUESTS as REQUESTS
 from monitoring.metrics import TOKENS as TOKENS
 from monitoring.metrics import TTFT as TTFT
-from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, RefusalReason, Span, Trace, TraceStatus
+from monitoring.models import Feedback, FeedbackKind, FeedbackMetric, Span, Trace, TraceStatus
 from monitoring.otel import traces_export
 from monitoring.selectors import trace_by_reference
 from tenants.background import background
@@ -256,25 +256,8 @@ trace_queue = TraceQueue()
 
 # --- what a trace says about the request: refusal reason, question and answer --------------------------
 
+
 # Error codes of refusals -> the reason a trace is filtered by, and llm_refusals_total{reason} counts.
-REFUSAL_REASONS: dict[str, str] = {
-    "budget_exceeded": RefusalReason.BUDGET,
-    "requests_per_minute_exceeded": RefusalReason.RATE_LIMIT_REQUESTS,
-    "tokens_per_minute_exceeded": RefusalReason.RATE_LIMIT_TOKENS,
-    "request_over_tokens_per_minute": RefusalReason.RATE_LIMIT_TOKENS,
-    "monthly_token_quota_exceeded": RefusalReason.MONTHLY_QUOTA,
-    "input_too_large": RefusalReason.GUARD,
-    "prompt_injection_detected": RefusalReason.GUARD,
-    "model_not_allowed": RefusalReason.MODEL_NOT_ALLOWED,
-}
-
-
-def refusal_reason(code: str) -> str:
-    """The refusal reason of an error code: budget, rate_limit_requests, rate_limit_tokens,
-    monthly_quota, guard, model_not_allowed, or other."""
-    return str(REFUSAL_REASONS.get(code, RefusalReason.OTHER))
-
-
 def trace_text_fields(
     *, tenant: Tenant, request_text: str | None = None, answer_text: str | None = None
 ) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+from monitoring.metrics import refusal_reason
 from monitoring.models import Trace
-from monitoring.services import refusal_reason
 from tests.chat.conftest import _chat_state  # noqa: F401  # autouse: prices, caches, fast timeouts
 
 QUESTION = "What is the capital of France?"
@@ -91,3 +91,10 @@ def test_refusal_reasons_of_error_codes():
         "model_not_allowed",
         "other",
     ]
+
+
+def test_every_refusal_reason_the_metrics_count_can_be_stored_on_a_trace():
+    from monitoring.metrics import REFUSAL_REASONS
+    from monitoring.models import RefusalReason
+
+    assert {*REFUSAL_REASONS.values(), refusal_reason("anything else")} == set(RefusalReason.values)
