@@ -5,12 +5,26 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
-from django.db.models.functions import TruncDay
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    ExpressionWrapper,
+    F,
+    FilteredRelation,
+    FloatField,
+    IntegerField,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce, NullIf, TruncDay
 from django.utils import timezone
 
 from billing.documents import format_usd
-from billing.models import BudgetAlert, BudgetPeriod, Invoice, InvoiceStatus, UsageEntry
+from billing.models import NANOS_PER_USD, BudgetAlert, BudgetPeriod, Invoice, InvoiceStatus, UsageEntry, nanos
 from billing.services import budget_for
 from tenants.models import Tenant
 
@@ -90,3 +104,148 @@ def usage_summary(*, tenant: Tenant, start: date, end: date, group_by: str) -> l
 def tenant_invoices(*, tenant: Tenant) -> QuerySet[Invoice]:
     """What a tenant sees: issued invoices (finalized or void), not drafts still being prepared."""
     return Invoice.objects.filter(tenant=tenant).exclude(status=InvoiceStatus.DRAFT).prefetch_related("lines")
+
+
+# --- the admin's budget columns and usage report --------------------------------------------------
+
+BUDGET_WARNING_PERCENT = 80
+BUDGET_OK, BUDGET_WARNING, BUDGET_BLOCKED = 0, 1, 2
+
+
+def budget_columns(
+    *,
+    spent: Any,
+    reserved: Any,
+    month_limit: Any,
+    day_spent: Any,
+    day_reserved: Any,
+    day_limit: Any,
+    hard_limit: str,
+) -> dict[str, Any]:
+    """Annotations for a list of budgets, computed in SQL so that the admin can sort by them:
+    month_spent, month_limit, percent_used, day_spent and budget_state (0 ok, 1 at or over 80 %,
+    2 blocked: a hard limit reached, so requests are refused). Arguments are expressions over
+    the queryset's period balance and budget; `hard_limit` names a boolean field or annotation."""
+    month_spent = Coalesce(spent, 0, output_field=BigIntegerField())
+    month_used = month_spent + Coalesce(reserved, 0, output_field=BigIntegerField())
+    day_used = Coalesce(day_spent, 0) + Coalesce(day_reserved, 0)
+    blocked = Q(month_limit__isnull=False, month_used__gte=F("month_limit")) | Q(
+        day_limit__isnull=False, day_used__gte=F("day_limit")
+    )
+    return {
+        "month_spent": month_spent,
+        "month_used": month_used,
+        "month_limit": month_limit,
+        "day_spent": Coalesce(day_spent, 0, output_field=BigIntegerField()),
+        "day_used": day_used,
+        "day_limit": day_limit,
+        "percent_used": ExpressionWrapper(
+            Cast(F("month_spent"), FloatField()) * 100 / NullIf(Cast(F("month_limit"), FloatField()), 0),
+            output_field=FloatField(),
+        ),
+        "budget_state": Case(
+            When(Q(**{hard_limit: True}) & blocked, then=Value(BUDGET_BLOCKED)),
+            When(
+                month_limit__isnull=False,
+                month_spent__gte=F("month_limit") * BUDGET_WARNING_PERCENT / 100,
+                then=Value(BUDGET_WARNING),
+            ),
+            default=Value(BUDGET_OK),
+            output_field=IntegerField(),
+        ),
+    }
+
+
+def _usd_to_nanos(field: str) -> Cast:
+    return Cast(F(field) * NANOS_PER_USD, BigIntegerField())
+
+
+def tenant_budget_columns(*, budget: str, today: date) -> dict[str, Any]:
+    """budget_columns from this month's balance and the tenant's budget (`budget` is the path to
+    the TenantBudget's fields: "budget__" from a tenant, "" from a budget). The caller first
+    annotates `current_period` with current_period_relation()."""
+    return {
+        "budget_hard_limit": Coalesce(F(f"{budget}hard_limit"), Value(False)),
+        **budget_columns(
+            spent=F("current_period__spent_nanos"),
+            reserved=F("current_period__reserved_nanos"),
+            month_limit=_usd_to_nanos(f"{budget}monthly_budget_usd"),
+            day_spent=Case(
+                When(current_period__day=today, then=F("current_period__day_spent_nanos")), default=0
+            ),
+            day_reserved=Case(
+                When(current_period__day=today, then=F("current_period__day_reserved_nanos")), default=0
+            ),
+            day_limit=_usd_to_nanos(f"{budget}daily_budget_usd"),
+            hard_limit="budget_hard_limit",
+        ),
+    }
+
+
+def current_period_relation(*, prefix: str, today: date) -> FilteredRelation:
+    """This month's balance row, joined once (the (tenant, month) unique index serves it);
+    `prefix` is the path to the tenant: "" from a tenant, "tenant__" from a budget."""
+    relation = f"{prefix}billing_budgetperiod_set"
+    return FilteredRelation(relation, condition=Q(**{f"{relation}__month": today.replace(day=1)}))
+
+
+def month_bounds(month: date) -> tuple[datetime, datetime]:
+    tz = timezone.get_current_timezone()
+    start = datetime.combine(month.replace(day=1), datetime.min.time(), tzinfo=tz)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+def usage_by_tenant(*, month: date) -> list[dict[str, Any]]:
+    """Every tenant with usage in the month, ranked by cost: requests, tokens, cost, cache
+    savings and the share of its current monthly budget (an operator's report across tenants)."""
+    start, end = month_bounds(month)
+    rows = (
+        UsageEntry.objects.filter(created_at__gte=start, created_at__lt=end)
+        .values("tenant_id", "tenant__name", "tenant__slug", "tenant__budget__monthly_budget_usd")
+        .annotate(
+            requests=Count("id"),
+            input_tokens=Sum("input_tokens"),
+            cached_input_tokens=Sum("cached_input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cost=Sum("cost_nanos"),
+            saved=Sum("saved_nanos"),
+        )
+        .order_by("-cost", "tenant__name")
+    )
+    return [
+        {
+            "tenant_id": row["tenant_id"],
+            "tenant": row["tenant__name"],
+            "slug": row["tenant__slug"],
+            "requests": row["requests"],
+            "input_tokens": row["input_tokens"],
+            "cached_input_tokens": row["cached_input_tokens"],
+            "output_tokens": row["output_tokens"],
+            "cost_nanos": row["cost"],
+            "saved_nanos": row["saved"],
+            "budget_nanos": None
+            if row["tenant__budget__monthly_budget_usd"] is None
+            else nanos(row["tenant__budget__monthly_budget_usd"]),
+        }
+        for row in rows
+    ]
+
+
+def daily_cost(*, month: date, tenant: Tenant | None = None) -> list[tuple[date, int]]:
+    """Cost per day of the month (every day, zero included), of one tenant or of all."""
+    start, end = month_bounds(month)
+    entries = UsageEntry.objects.filter(created_at__gte=start, created_at__lt=end)
+    if tenant is not None:
+        entries = entries.filter(tenant=tenant)
+    by_day = {
+        row["day"].date(): row["cost"]
+        for row in entries.annotate(day=TruncDay("created_at"))
+        .values("day")
+        .annotate(cost=Sum("cost_nanos"))
+        .order_by("day")
+    }
+    days = (end - start).days
+    return [
+        (start.date() + timedelta(days=offset), by_day.get(start.date() + timedelta(days=offset), 0))
+        for offset in range(days)
+    ]

@@ -248,6 +248,10 @@ BUDGET_RESERVATION_TTL_SECONDS = env_int("BUDGET_RESERVATION_TTL_SECONDS", 900)
 BUDGET_WEBHOOK_TIMEOUT_SECONDS = env_int("BUDGET_WEBHOOK_TIMEOUT_SECONDS", 10)
 # Drafts for a month are finalized this many days after it ends (corrections can land meanwhile).
 INVOICE_FINALIZE_GRACE_DAYS = env_int("INVOICE_FINALIZE_GRACE_DAYS", 3)
+# Who issues the invoices (printed on each one) and when a finalized one is due.
+INVOICE_ISSUER_NAME = env_str("INVOICE_ISSUER_NAME", "LLM Platform")
+INVOICE_ISSUER_ADDRESS = env_str("INVOICE_ISSUER_ADDRESS")
+INVOICE_PAYMENT_TERMS_DAYS = env_int("INVOICE_PAYMENT_TERMS_DAYS", 30)
 
 # --- LLM providers and the chat pipeline ------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
@@ -353,6 +357,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates as 2026-12-02 and times as 2026-12-02 06:30 UTC on every admin page (config/formats/).
+FORMAT_MODULE_PATH = ["config.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"

@@ -46,12 +46,23 @@ def test_admin_creates_a_key_and_shows_it_once(admin_client, tenant):
             "scopes": ["chat", "documents"],
         },
     )
-    assert response.status_code == 200
-    assert "no-store" in response["Cache-Control"]
-    raw_key = RAW_KEY.search(response.content.decode()).group(0)
+    assert response.status_code == 302  # post/redirect/get: the key is on the next page
+    assert not RAW_KEY.search(response.content.decode())
+    shown = admin_client.get(response["Location"])
+    assert "no-store" in shown["Cache-Control"]
+    page = shown.content.decode()
+    raw_key = RAW_KEY.search(page).group(0)
     api_key = api_key_authenticate(raw_key=raw_key)
     assert api_key.name == "from admin"
     assert api_key.created_by == "user:admin"
+    assert "chat, documents" in page
+    assert "never" in page
+    assert 'class="button copy-key"' in page
+
+    reload = admin_client.get(response["Location"]).content.decode()
+    assert not RAW_KEY.search(reload)
+    assert "already shown" in reload
+    assert ApiKey.objects.count() == 1  # a reload mints no second key
     change_page = admin_client.get(f"/admin/tenants/apikey/{api_key.pk}/change/").content.decode()
     assert raw_key not in change_page
     assert raw_key not in admin_client.get("/admin/tenants/apikey/").content.decode()
@@ -69,15 +80,69 @@ def test_admin_create_key_form_errors_create_nothing(admin_client, tenant):
 def test_admin_revoke_and_rotate_actions(admin_client, tenant, make_key):
     to_revoke, revoked_raw = make_key(tenant)
     to_rotate, _ = make_key(tenant)
-    admin_client.post("/admin/tenants/apikey/", {"action": "revoke_keys", "_selected_action": [to_revoke.pk]})
+    asked = admin_client.post(
+        "/admin/tenants/apikey/", {"action": "revoke_keys", "_selected_action": [to_revoke.pk]}
+    )
+    assert "Yes, revoke now" in asked.content.decode()
+    assert api_key_authenticate(raw_key=revoked_raw) is not None  # not before the confirmation
+    admin_client.post(
+        "/admin/tenants/apikey/",
+        {"action": "revoke_keys", "_selected_action": [to_revoke.pk], "confirm": "yes"},
+    )
     assert api_key_authenticate(raw_key=revoked_raw) is None
     assert AuditEvent.objects.filter(action="api_key.revoke", actor="user:admin").exists()
     response = admin_client.post(
         "/admin/tenants/apikey/", {"action": "rotate_keys", "_selected_action": [to_rotate.pk]}
     )
-    assert response.status_code == 200
-    new_raw = RAW_KEY.search(response.content.decode()).group(0)
+    assert response.status_code == 302
+    new_raw = RAW_KEY.search(admin_client.get(response["Location"]).content.decode()).group(0)
     assert api_key_authenticate(raw_key=new_raw).rotated_from == to_rotate
+
+
+def test_revoke_now_asks_then_revokes(admin_client, tenant, make_key):
+    api_key, raw_key = make_key(tenant)
+    change = admin_client.get(f"/admin/tenants/apikey/{api_key.pk}/change/").content.decode()
+    revoke_url = f"/admin/tenants/apikey/{api_key.pk}/revoke/"
+    assert revoke_url in change
+    asked = admin_client.get(revoke_url)
+    assert asked.status_code == 200
+    assert "Yes, revoke now" in asked.content.decode()
+    assert api_key_authenticate(raw_key=raw_key) is not None
+    response = admin_client.post(revoke_url)
+    assert response.status_code == 302
+    assert api_key_authenticate(raw_key=raw_key) is None
+    assert revoke_url not in admin_client.get(response["Location"]).content.decode()
+
+
+def test_adding_a_tenant_sets_its_budget_and_shows_its_first_key_once(admin_client, db):
+    from decimal import Decimal
+
+    from billing.models import TenantBudget
+    from tenants.models import Tenant
+
+    response = admin_client.post(
+        "/admin/tenants/tenant/add/",
+        {
+            "name": "Initech",
+            "slug": "initech",
+            "is_active": "on",
+            "monthly_budget_usd": "250.00",
+            "daily_budget_usd": "",
+            "first_key_name": "production",
+            "first_key_scopes": ["chat"],
+            "requests_per_minute": 60,
+            "tokens_per_minute": 100000,
+            "monthly_token_quota": 1000000,
+            "allowed_models": "*",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    tenant = Tenant.objects.get(slug="initech")
+    assert TenantBudget.objects.get(tenant=tenant).monthly_budget_usd == Decimal("250.00")
+    shown = admin_client.get(response["Location"]).content.decode()
+    api_key = api_key_authenticate(raw_key=RAW_KEY.search(shown).group(0))
+    assert api_key.tenant == tenant
+    assert api_key.scopes == ["chat"]
 
 
 def test_admin_quota_edit_is_audited(admin_client, tenant):
