@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -9,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import QuerySet
+from django.db.models import Case, F, QuerySet, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -18,7 +20,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from billing.api import document
-from billing.documents import format_usd, invoice_filename, invoice_pdf
+from billing.documents import format_usd, invoice_due_date, invoice_filename, invoice_issuer, invoice_pdf
 from billing.models import (
     BudgetAlert,
     BudgetPeriod,
@@ -28,8 +30,17 @@ from billing.models import (
     ModelPrice,
     TenantBudget,
     UsageEntry,
+    usd,
 )
-from billing.selectors import usage_summary
+from billing.selectors import (
+    budget_columns,
+    current_period_relation,
+    daily_cost,
+    month_bounds,
+    tenant_budget_columns,
+    usage_by_tenant,
+    usage_summary,
+)
 from billing.services import (
     budget_update,
     invoice_finalize,
@@ -39,9 +50,77 @@ from billing.services import (
     model_price_add,
     previous_month,
 )
-from tenants.admin import actor_for
+from tenants import admin_display as display
+from tenants.admin import BudgetColumns, BudgetStateFilter, actor_for
 from tenants.errors import DomainError
 from tenants.models import Tenant
+
+
+def ranking_row(row: dict[str, Any]) -> dict[str, Any]:
+    budget = row["budget_nanos"]
+    return {
+        **row,
+        "requests_display": display.count(row["requests"]),
+        "input_display": display.count(row["input_tokens"]),
+        "cached_display": display.count(row["cached_input_tokens"]),
+        "output_display": display.count(row["output_tokens"]),
+        "cost_display": display.dollars(row["cost_nanos"]),
+        "saved_display": display.dollars(row["saved_nanos"]),
+        "budget_display": display.dollars(budget),
+        "percent_display": display.percent(row["cost_nanos"] * 100 / budget) if budget else "-",
+    }
+
+
+def ranking_totals(rows: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        "requests": display.count(sum(row["requests"] for row in rows)),
+        "cost": display.dollars(sum(row["cost_nanos"] for row in rows)),
+        "saved": display.dollars(sum(row["saved_nanos"] for row in rows)),
+    }
+
+
+USAGE_CSV_COLUMNS = [
+    "tenant",
+    "slug",
+    "requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "saved_usd",
+    "monthly_budget_usd",
+]
+
+
+def usage_csv(
+    *, month: date, tenant: Tenant | None, ranking: list[dict[str, Any]], days: list[tuple[date, int]]
+) -> HttpResponse:
+    """The report as CSV with exact amounts: the ranking, or one tenant's cost per day."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if tenant is None:
+        writer.writerow(USAGE_CSV_COLUMNS)
+        for row in ranking:
+            budget = row["budget_nanos"]
+            writer.writerow(
+                [
+                    row["tenant"],
+                    row["slug"],
+                    row["requests"],
+                    row["input_tokens"],
+                    row["cached_input_tokens"],
+                    row["output_tokens"],
+                    format_usd(row["cost_nanos"]),
+                    format_usd(row["saved_nanos"]),
+                    "" if budget is None else format_usd(budget),
+                ]
+            )
+        name = f"usage-{month:%Y-%m}.csv"
+    else:
+        writer.writerow(["day", "cost_usd"])
+        writer.writerows([f"{day:%Y-%m-%d}", format_usd(cost)] for day, cost in days)
+        name = f"usage-{tenant.slug}-{month:%Y-%m}.csv"
+    return document(buffer.getvalue().encode(), "text/csv", name)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -92,13 +171,37 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(TenantBudget)
-class TenantBudgetAdmin(admin.ModelAdmin):
-    list_display = ["tenant", "monthly_budget_usd", "daily_budget_usd", "hard_limit", "alert_thresholds"]
-    list_filter = ["hard_limit"]
+class TenantBudgetAdmin(BudgetColumns, admin.ModelAdmin):
+    list_display = [
+        "tenant",
+        "month_spent_display",
+        "month_limit_display",
+        "percent_used_display",
+        "day_spent_display",
+        "daily_budget",
+        "budget_state_display",
+        "hard_limit",
+        "alert_thresholds",
+    ]
+    list_filter = ["hard_limit", BudgetStateFilter]
+    list_select_related = ["tenant"]
     search_fields = ["tenant__name", "tenant__slug"]
     readonly_fields = ["webhook_secret", "updated_at", "usage_link"]
     autocomplete_fields = ["tenant"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TenantBudget]:
+        today = timezone.localdate()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(current_period=current_period_relation(prefix="tenant__", today=today))
+            .annotate(**tenant_budget_columns(budget="", today=today))
+        )
+
+    @admin.display(description="daily budget", ordering="daily_budget_usd")
+    def daily_budget(self, budget: TenantBudget) -> str:
+        return display.dollars_from_usd(budget.daily_budget_usd)
 
     @admin.display(description="usage")
     def usage_link(self, budget: TenantBudget) -> str:
@@ -119,34 +222,64 @@ class TenantBudgetAdmin(admin.ModelAdmin):
 
 
 @admin.register(BudgetPeriod)
-class BudgetPeriodAdmin(ReadOnlyAdmin):
-    list_display = ["tenant", "month", "spent", "reserved", "month_limit", "tokens_used", "day", "hard_limit"]
-    list_filter = ["month"]
+class BudgetPeriodAdmin(BudgetColumns, ReadOnlyAdmin):
+    list_display = [
+        "tenant",
+        "period",
+        "month_spent_display",
+        "reserved",
+        "month_limit_display",
+        "percent_used_display",
+        "day_spent_display",
+        "budget_state_display",
+        "tokens",
+        "hard_limit",
+    ]
+    list_filter = ["month", BudgetStateFilter]
     search_fields = ["tenant__name", "tenant__slug"]
     list_select_related = ["tenant"]
 
-    @admin.display(description="spent (USD)")
-    def spent(self, period: BudgetPeriod) -> str:
-        return format_usd(period.spent_nanos)
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BudgetPeriod]:
+        today = timezone.localdate()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                **budget_columns(
+                    spent=F("spent_nanos"),
+                    reserved=F("reserved_nanos"),
+                    month_limit=F("month_limit_nanos"),
+                    day_spent=Case(When(day=today, then=F("day_spent_nanos")), default=0),
+                    day_reserved=Case(When(day=today, then=F("day_reserved_nanos")), default=0),
+                    day_limit=F("day_limit_nanos"),
+                    hard_limit="hard_limit",
+                )
+            )
+        )
 
-    @admin.display(description="reserved (USD)")
+    @admin.display(description="month", ordering="month")
+    def period(self, period: BudgetPeriod) -> str:
+        return display.period(period.month)
+
+    @admin.display(description="reserved", ordering="reserved_nanos")
     def reserved(self, period: BudgetPeriod) -> str:
-        return format_usd(period.reserved_nanos)
+        return display.dollars(period.reserved_nanos)
 
-    @admin.display(description="budget (USD)")
-    def month_limit(self, period: BudgetPeriod) -> str:
-        return "-" if period.month_limit_nanos is None else format_usd(period.month_limit_nanos)
+    @admin.display(description="tokens used", ordering="tokens_used")
+    def tokens(self, period: BudgetPeriod) -> str:
+        return display.count(period.tokens_used)
 
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyAdmin):
     list_display = [
         "tenant",
-        "month",
+        "period",
         "threshold_percent",
-        "created_at",
-        "email_sent_at",
-        "webhook_sent_at",
+        "spent",
+        "created",
+        "email_sent",
+        "webhook_sent",
         "webhook_attempts",
         "last_error",
     ]
@@ -154,22 +287,40 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
     search_fields = ["tenant__name", "tenant__slug"]
     list_select_related = ["tenant"]
 
+    @admin.display(description="month", ordering="month")
+    def period(self, alert: BudgetAlert) -> str:
+        return display.period(alert.month)
+
+    @admin.display(description="spent then", ordering="spent_nanos")
+    def spent(self, alert: BudgetAlert) -> str:
+        return display.dollars(alert.spent_nanos)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, alert: BudgetAlert) -> str:
+        return display.timestamp(alert.created_at)
+
+    @admin.display(description="e-mail sent", ordering="email_sent_at")
+    def email_sent(self, alert: BudgetAlert) -> str:
+        return display.timestamp(alert.email_sent_at)
+
+    @admin.display(description="webhook sent", ordering="webhook_sent_at")
+    def webhook_sent(self, alert: BudgetAlert) -> str:
+        return display.timestamp(alert.webhook_sent_at)
+
 
 @admin.register(UsageEntry)
 class UsageEntryAdmin(ReadOnlyAdmin):
     list_display = [
-        "created_at",
+        "created",
         "tenant",
         "request_id",
         "kind",
-        "provider",
-        "model",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
+        "model_name",
+        "input",
+        "cached_input",
+        "output",
         "cost",
-        "prompt_name",
-        "prompt_version",
+        "prompt",
     ]
     list_filter = ["kind", "provider", "model"]
     search_fields = ["request_id", "tenant__slug", "model"]
@@ -177,9 +328,35 @@ class UsageEntryAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False  # the ledger is large; no COUNT(*) over it per page
 
-    @admin.display(description="cost (USD)")
+    @admin.display(description="when", ordering="created_at")
+    def created(self, entry: UsageEntry) -> str:
+        return display.timestamp(entry.created_at)
+
+    @admin.display(description="model", ordering="model")
+    def model_name(self, entry: UsageEntry) -> str:
+        return f"{entry.provider}:{entry.model}"
+
+    @admin.display(description="input tokens", ordering="input_tokens")
+    def input(self, entry: UsageEntry) -> str:
+        return display.count(entry.input_tokens)
+
+    @admin.display(description="cached", ordering="cached_input_tokens")
+    def cached_input(self, entry: UsageEntry) -> str:
+        return display.count(entry.cached_input_tokens)
+
+    @admin.display(description="output tokens", ordering="output_tokens")
+    def output(self, entry: UsageEntry) -> str:
+        return display.count(entry.output_tokens)
+
+    @admin.display(description="cost", ordering="cost_nanos")
     def cost(self, entry: UsageEntry) -> str:
-        return format_usd(entry.cost_nanos)
+        return display.dollars(entry.cost_nanos)
+
+    @admin.display(description="prompt", ordering="prompt_name")
+    def prompt(self, entry: UsageEntry) -> str:
+        if not entry.prompt_name:
+            return "-"
+        return f"{entry.prompt_name} v{entry.prompt_version}" if entry.prompt_version else entry.prompt_name
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -204,9 +381,9 @@ class InvoiceLineInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="amount (USD)")
+    @admin.display(description="amount")
     def amount(self, line: InvoiceLine) -> str:
-        return format_usd(line.amount_nanos)
+        return display.dollars_exact(line.amount_nanos)  # line items keep sub-cent detail
 
 
 class VoidForm(forms.Form):
@@ -231,11 +408,12 @@ class InvoiceAdmin(admin.ModelAdmin):
     list_display = [
         "__str__",
         "tenant",
-        "period",
+        "month",
         "status",
         "total",
-        "entry_count",
-        "finalized_at",
+        "entries",
+        "finalized",
+        "due",
         "pdf_link",
         "void_link",
     ]
@@ -245,8 +423,57 @@ class InvoiceAdmin(admin.ModelAdmin):
     inlines = [InvoiceLineInline]
     actions = ["regenerate_drafts", "finalize_drafts"]
 
+    fieldsets = [
+        (None, {"fields": ["number", "status", "tenant", "billed_to", "month", "currency"]}),
+        ("Amounts", {"fields": ["subtotal", "total", "entries"]}),
+        ("Issuer", {"fields": ["issuer"]}),
+        ("Dates", {"fields": ["created", "finalized", "due", "voided", "void_reason"]}),
+        ("Corrections", {"fields": ["replaces"]}),
+    ]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Invoice | None = None) -> list[str]:
-        return [field.name for field in Invoice._meta.fields]
+        return [str(field) for _, options in self.fieldsets for field in options["fields"]]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """Nothing on an invoice is edited here, so no Save buttons (its actions change it)."""
+        no_save = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **no_save})
+
+    @admin.display(description="month", ordering="period")
+    def month(self, invoice: Invoice) -> str:
+        return display.period(invoice.period)
+
+    @admin.display(description="subtotal")
+    def subtotal(self, invoice: Invoice) -> str:
+        return display.dollars(invoice.subtotal_nanos)
+
+    @admin.display(description="ledger entries", ordering="entry_count")
+    def entries(self, invoice: Invoice) -> str:
+        return display.count(invoice.entry_count)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, invoice: Invoice) -> str:
+        return display.timestamp(invoice.created_at)
+
+    @admin.display(description="finalized", ordering="finalized_at")
+    def finalized(self, invoice: Invoice) -> str:
+        return display.timestamp(invoice.finalized_at)
+
+    @admin.display(description="voided", ordering="voided_at")
+    def voided(self, invoice: Invoice) -> str:
+        return display.timestamp(invoice.voided_at)
+
+    @admin.display(description="due", ordering="finalized_at")
+    def due(self, invoice: Invoice) -> str:
+        due = invoice_due_date(invoice)
+        return "-" if due is None else f"{due:%Y-%m-%d}"
+
+    @admin.display(description="issued by")
+    def issuer(self, invoice: Invoice) -> str:
+        name, address = invoice_issuer()
+        return format_html("{}<br>{}", name, address) if address else name
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -257,9 +484,9 @@ class InvoiceAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Invoice, form: forms.ModelForm, change: bool) -> None:
         pass  # nothing is editable; finalized invoices are immutable
 
-    @admin.display(description="total (USD)")
+    @admin.display(description="total", ordering="total_nanos")
     def total(self, invoice: Invoice) -> str:
-        return format_usd(invoice.total_nanos)
+        return display.dollars(invoice.total_nanos)
 
     @admin.display(description="PDF")
     def pdf_link(self, invoice: Invoice) -> str:
@@ -318,32 +545,67 @@ class InvoiceAdmin(admin.ModelAdmin):
         )
 
     def usage_view(self, request: HttpRequest) -> HttpResponse:
-        """Usage of one tenant for a month, by model and by day, straight from the ledger."""
+        """All tenants ranked by cost for a month with a daily cost chart, CSV export, and a
+        drill-down into one tenant (by model and by day), straight from the ledger."""
         self._require(self.has_view_permission(request))
-        tenant_id = request.GET.get("tenant", "")
-        tenant = Tenant.objects.filter(pk=int(tenant_id)).first() if tenant_id.isdigit() else None
-        try:
-            month = date.fromisoformat((request.GET.get("month") or "") + "-01")
-        except ValueError:
-            month = timezone.localdate().replace(day=1)
-        end = (month.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+        month = self._month_asked(request)
+        tenant = self._tenant_asked(request)
+        days = daily_cost(month=month, tenant=tenant)
+        ranking = [] if tenant else usage_by_tenant(month=month)
         by_model = by_day = []
         if tenant is not None:
-            by_model = usage_summary(tenant=tenant, start=month, end=end, group_by="model")
-            by_day = usage_summary(tenant=tenant, start=month, end=end, group_by="day")
+            start, end = month, month_bounds(month)[1].date() - timedelta(days=1)
+            by_model = usage_summary(tenant=tenant, start=start, end=end, group_by="model")
+            by_day = usage_summary(tenant=tenant, start=start, end=end, group_by="day")
+        if request.GET.get("format") == "csv":
+            return usage_csv(month=month, tenant=tenant, ranking=ranking, days=days)
         return TemplateResponse(
             request,
             "admin/billing/usage.html",
             self._context(
                 request,
-                "Usage per tenant",
+                f"Usage of {tenant}, {month:%Y-%m}" if tenant else f"Usage across tenants, {month:%Y-%m}",
                 tenants=Tenant.objects.order_by("name"),
                 tenant=tenant,
                 month=f"{month:%Y-%m}",
+                ranking=[ranking_row(row) for row in ranking],
+                totals=ranking_totals(ranking),
                 by_model=by_model,
                 by_day=by_day,
+                days=[(f"{day:%Y-%m-%d}", display.dollars(cost)) for day, cost in days],
+                chart={
+                    "labels": [f"{day:%m-%d}" for day, _ in days],
+                    "values": [str(usd(cost)) for _, cost in days],
+                    "label": f"Cost per day (USD), {month:%Y-%m}",
+                },
             ),
         )
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "can_generate": self.has_change_permission(request)}
+        return super().changelist_view(request, extra_context)
+
+    def _month_asked(self, request: HttpRequest) -> date:
+        asked = request.GET.get("month", "")
+        this_month = timezone.localdate().replace(day=1)
+        if not asked:
+            return this_month
+        try:
+            return datetime.strptime(asked, "%Y-%m").date()
+        except ValueError:
+            messages.error(
+                request,
+                f"“{asked}” is not a month: use YYYY-MM, e.g. {this_month:%Y-%m}. "
+                f"Showing {this_month:%Y-%m}.",
+            )
+            return this_month
+
+    def _tenant_asked(self, request: HttpRequest) -> Tenant | None:
+        asked = request.GET.get("tenant", "")
+        tenant = Tenant.objects.filter(pk=int(asked)).first() if asked.isdigit() else None
+        if asked and tenant is None:
+            messages.error(request, f"No tenant with id “{asked}”; showing all tenants.")
+        return tenant
 
     def _context(self, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
         return {**self.admin_site.each_context(request), "opts": self.model._meta, "title": title, **extra}

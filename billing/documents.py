@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from decimal import Decimal
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from django.conf import settings
 from django.template.loader import render_to_string
 
 from billing.models import Invoice, InvoiceLine, usd
@@ -56,8 +58,39 @@ def invoice_data(invoice: Invoice) -> dict[str, Any]:
     }
 
 
+def invoice_issuer() -> tuple[str, str]:
+    """The issuer's name and postal address (settings), printed on every invoice."""
+    return settings.INVOICE_ISSUER_NAME, settings.INVOICE_ISSUER_ADDRESS
+
+
+def invoice_due_date(invoice: Invoice) -> date | None:
+    """Payment terms run from finalization; a draft or void invoice is not due."""
+    if invoice.finalized_at is None or invoice.voided_at is not None:
+        return None
+    return (invoice.finalized_at + timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)).date()
+
+
+def format_dollars(amount_nanos: int) -> str:
+    """'$1,234.56', rounded half-up to the cent: totals; line items keep every nano-dollar."""
+    cents = (Decimal(amount_nanos) / 10**9).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"-${-cents:,}" if cents < 0 else f"${cents:,}"
+
+
 def invoice_html(invoice: Invoice) -> str:
-    return render_to_string("billing/invoice.html", {"invoice": invoice, "data": invoice_data(invoice)})
+    name, address = invoice_issuer()
+    data = invoice_data(invoice)
+    counts = ("requests", "input_tokens", "cached_input_tokens", "output_tokens")
+    context = {
+        "invoice": invoice,
+        "data": data,
+        "lines": [{**line, **{key: f"{line[key]:,}" for key in counts}} for line in data["lines"]],
+        "issuer_name": name,
+        "issuer_address": address,
+        "due_date": invoice_due_date(invoice),
+        "subtotal": format_dollars(invoice.subtotal_nanos),
+        "total": format_dollars(invoice.total_nanos),
+    }
+    return render_to_string("billing/invoice.html", context)
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:

@@ -7,26 +7,23 @@ half-up, and only invoice line items show the exact sub-cent amount.
 from __future__ import annotations
 
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.templatetags.static import static
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from billing.documents import format_dollars
 from billing.selectors import BUDGET_BLOCKED, BUDGET_OK, BUDGET_WARNING, BUDGET_WARNING_PERCENT
 
 NANOS_PER_USD = 1_000_000_000
-CENT = Decimal("0.01")
 EMPTY = "-"
 
 
 def dollars(amount_nanos: int | None) -> str:
     """'$1,234.56': rounded half-up to the cent, with thousands separators."""
-    if amount_nanos is None:
-        return EMPTY
-    value = (Decimal(amount_nanos) / NANOS_PER_USD).quantize(CENT, rounding=ROUND_HALF_UP)
-    return f"-${-value:,}" if value < 0 else f"${value:,}"
+    return EMPTY if amount_nanos is None else format_dollars(amount_nanos)
 
 
 def dollars_exact(amount_nanos: int | None) -> str:
