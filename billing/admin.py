@@ -581,6 +581,10 @@ class InvoiceAdmin(admin.ModelAdmin):
             ),
         )
 
+    def get_list_display(self, request: HttpRequest) -> Any:
+        columns = list(super().get_list_display(request))
+        return columns if self.has_change_permission(request) else [c for c in columns if c != "void_link"]
+
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         extra_context = {**(extra_context or {}), "can_generate": self.has_change_permission(request)}
         return super().changelist_view(request, extra_context)

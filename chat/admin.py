@@ -113,7 +113,13 @@ class ChatSettingsAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        can_see = request.user.has_perm("chat.view_circuits")
+        return super().changelist_view(request, {**(extra_context or {}), "can_view_circuits": can_see})
+
     def circuits_view(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm("chat.view_circuits"):
+            raise PermissionDenied
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -241,6 +247,10 @@ class DocumentAdmin(admin.ModelAdmin):
                 request, f"{busy} document(s) skipped: already being ingested.", messages.WARNING
             )
 
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        can_search = request.user.has_perm("chat.search_as_tenant")
+        return super().changelist_view(request, {**(extra_context or {}), "can_search": can_search})
+
     def get_urls(self) -> list[URLPattern]:
         return [
             path("search/", self.admin_site.admin_view(self.search_view), name="chat_document_search"),
@@ -249,7 +259,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def search_view(self, request: HttpRequest) -> HttpResponse:
         """Runs a retrieval query as a tenant: what chat would put into the prompt, with scores."""
-        if not self.has_view_permission(request):
+        if not request.user.has_perm("chat.search_as_tenant"):
             raise PermissionDenied
         form = DocumentSearchForm(request.GET or None)
         results, strategy, query_ms = None, "", 0.0

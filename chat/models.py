@@ -85,6 +85,8 @@ class ChatSettings(models.Model):
 
     class Meta:
         verbose_name_plural = "chat settings"
+        # Beyond the model permissions: the admin's circuit breaker page shows every provider's state.
+        permissions = [("view_circuits", "Can view the provider circuit breakers")]
 
     def __str__(self) -> str:
         return f"chat settings of {self.tenant}"
@@ -155,6 +157,8 @@ class Document(TenantOwnedModel):
             models.UniqueConstraint(fields=["tenant", "sha256"], name="document_unique_content_per_tenant"),
         ]
         indexes = [models.Index(fields=["tenant", "status", "-created_at"], name="document_tenant_status")]
+        # Searching as a tenant shows its chunks' text, which viewing the document list does not.
+        permissions = [("search_as_tenant", "Can search documents as a tenant")]
 
     def __str__(self) -> str:
         return self.title

@@ -138,19 +138,32 @@ class PromptVersionInline(admin.TabularInline):
 
     @admin.display(description="")
     def actions_links(self, version: PromptVersion) -> str:
+        new = reverse("admin:prompts_version_new", args=[version.template_id])
+        return format_html(
+            '<a href="{}?from={}">new version from this one</a> · {}',
+            new,
+            version.number,
+            self.read_links(version),
+        )
+
+    def read_links(self, version: PromptVersion) -> str:
         args = [version.template_id]
         return format_html(
-            '<a href="{}?from={}">new version from this one</a> · '
-            '<a href="{}?version={}">preview</a> · '
-            '<a href="{}?a={}&b={}">diff with previous</a>',
-            reverse("admin:prompts_version_new", args=args),
-            version.number,
+            '<a href="{}?version={}">preview</a> · <a href="{}?a={}&b={}">diff with previous</a>',
             reverse("admin:prompts_version_preview", args=args),
             version.number,
             reverse("admin:prompts_version_diff", args=args),
             max(version.number - 1, 1),
             version.number,
         )
+
+
+class PromptVersionViewInline(PromptVersionInline):
+    """For users who may only view: no "new version" link."""
+
+    @admin.display(description="")
+    def actions_links(self, version: PromptVersion) -> str:
+        return self.read_links(version)
 
 
 @admin.register(PromptTemplate)
@@ -203,6 +216,37 @@ class PromptTemplateAdmin(admin.ModelAdmin):
         )
         return format_html('{} &nbsp; <a href="{}">New experiment</a>', rows or "-", add_url)
 
+    def get_inlines(self, request: HttpRequest, obj: PromptTemplate | None) -> list[Any]:
+        # Write links only for users who may use them; the others' would end on a 403.
+        return [PromptVersionInline if self.has_change_permission(request, obj) else PromptVersionViewInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: PromptTemplate | None = None) -> list[str]:
+        if request.user.has_perm("prompts.add_experiment"):
+            return list(self.readonly_fields)
+        return [field for field in self.readonly_fields if field != "experiments_summary"] + [
+            "experiments_list"
+        ]
+
+    def get_fields(self, request: HttpRequest, obj: PromptTemplate | None = None) -> Any:
+        fields = [str(field) for field in self.fields]
+        if "experiments_list" in self.get_readonly_fields(request, obj):
+            fields[fields.index("experiments_summary")] = "experiments_list"
+        return fields
+
+    @admin.display(description="experiments")
+    def experiments_list(self, template: PromptTemplate) -> str:
+        return (
+            format_html_join(
+                ", ",
+                '<a href="{}">{} ({})</a>',
+                (
+                    (reverse("admin:prompts_experiment_change", args=[e.pk]), e, e.status)
+                    for e in template.experiments.all()[:5]
+                ),
+            )
+            or "-"
+        )
+
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         return [
@@ -236,6 +280,8 @@ class PromptTemplateAdmin(admin.ModelAdmin):
         return template
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = TemplateCreateForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data

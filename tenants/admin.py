@@ -474,6 +474,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def shown_once_view(self, request: HttpRequest) -> HttpResponse:
         """Shows the keys just created, taken out of the session: a reload finds them gone and
         says so, and mints nothing."""
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
         stored = request.session.pop(SHOWN_ONCE_SESSION_KEY, [])
         by_pk = ApiKey.objects.select_related("tenant").in_bulk([pk for pk, _ in stored])
         keys = [(by_pk[pk], raw_key) for pk, raw_key in stored if pk in by_pk]

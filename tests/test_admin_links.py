@@ -163,7 +163,8 @@ def check(client: Client, url: str, source: str, crawl: Crawl) -> str | None:
     return html
 
 
-def crawl_admin(client: Client) -> Crawl:
+def crawl_admin(client: Client, forbidden: tuple[str, ...] = ()) -> Crawl:
+    """`forbidden`: markup no page may contain for this user (e.g. a Save button)."""
     crawl = Crawl()
     start = reverse("admin:index")
     queue: deque[tuple[str, str]] = deque([(start, "the start")])
@@ -175,6 +176,9 @@ def crawl_admin(client: Client) -> Crawl:
         html = check(client, url, source, crawl)
         if html is None:
             continue
+        crawl.failures.extend(
+            f"{url} (linked from {source}) shows {text!r}" for text in forbidden if text in html
+        )
         parser = LinkParser()
         parser.feed(html)
         for href, form in parser.links:
@@ -295,6 +299,7 @@ def test_every_admin_link_leads_to_a_page(
         "billing_invoice_generate",
         "chat_circuits",
         "chat_document_search",
+        "tenants_apikey_revoke",
     }
     assert custom_views <= names, f"the crawl never reached {sorted(custom_views - names)}"
     prompt_pages = {
@@ -307,3 +312,98 @@ def test_every_admin_link_leads_to_a_page(
         )
     }
     assert prompt_pages <= {urlsplit(url).path for url in crawl.visited}
+
+
+# What a user without write permissions must not be offered: save, delete, add, generate, revoke,
+# rotate, void, create a key (the admin's own markup and this project's object tools).
+WRITE_CONTROLS = (
+    'name="_save"',
+    'name="_continue"',
+    'class="deletelink"',
+    'class="addlink"',
+    "Generate invoices",
+    "Revoke now",
+    "Create API key",
+    'value="revoke_keys"',
+    'value="rotate_keys"',
+    'value="finalize_drafts"',
+    "void…",
+    "Circuit breakers",
+    "Search as a tenant",
+)
+
+
+def staff(django_user_model: Any, name: str, permissions: Any = ()) -> Any:
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(name, password="pw-for-tests", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=list(permissions)))
+    return user
+
+
+def test_view_only_staff_see_every_page_and_no_write_control(
+    client: Client, django_user_model: Any, admin_world: PromptTemplate
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    views = Permission.objects.filter(codename__startswith="view_").exclude(codename="view_circuits")
+    client.force_login(staff(django_user_model, "viewer", views.values_list("codename", flat=True)))
+    crawl = crawl_admin(client, forbidden=WRITE_CONTROLS)
+    # Django's own user page links its password form for every viewer; that form refuses them.
+    failures = [failure for failure in crawl.failures if not failure.startswith("/admin/auth/user/")]
+    if failures:
+        pytest.fail(f"{len(failures)} finding(s):\n" + "\n".join(failures), pytrace=False)
+    names = crawl.url_names()
+    for model in admin.site._registry:
+        assert f"{model._meta.app_label}_{model._meta.model_name}_change" in names
+
+    tenant = Tenant.objects.get(slug="acme")
+    refused = [
+        client.post(reverse("admin:tenants_tenant_change", args=[tenant.pk]), {"name": "x"}),
+        client.get(reverse("admin:tenants_apikey_add")),
+        client.get(reverse("admin:billing_invoice_generate")),
+        client.get(reverse("admin:chat_circuits")),
+        client.get(reverse("admin:chat_document_search")),
+    ]
+    assert [response.status_code for response in refused] == [403] * len(refused)
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme"
+
+
+def test_staff_without_permissions_get_the_admins_403_everywhere(
+    client: Client, admin_client: Client, django_user_model: Any, admin_world: PromptTemplate
+) -> None:
+    # Every page but the index, one's own password form and the app indexes (Django answers 404
+    # for an app the user has no permission in).
+    app_indexes = {
+        reverse("admin:app_list", args=[app])
+        for app in ("auth", "tenants", "billing", "chat", "prompts", "monitoring")
+    }
+    own = {reverse("admin:index"), reverse("admin:password_change"), *app_indexes}
+    pages = [url for url in crawl_admin(admin_client).visited if urlsplit(url).path not in own]
+    client.force_login(staff(django_user_model, "nobody"))
+    index = client.get(reverse("admin:index")).content.decode()
+    assert "permission to view or edit anything" in index
+    allowed = []
+    for url in pages:
+        response = client.get(url)
+        if response.status_code != 403:
+            allowed.append(f"{url}: HTTP {response.status_code}")
+        elif b"Permission denied" not in response.content or b'id="site-name"' not in response.content:
+            allowed.append(f"{url}: a 403 without the admin's page")
+    assert not allowed, "\n".join(allowed)
+
+
+def test_circuits_and_search_as_tenant_need_their_own_permission(
+    client: Client, django_user_model: Any, admin_world: PromptTemplate
+) -> None:
+    client.force_login(
+        staff(
+            django_user_model,
+            "operator",
+            ["view_chatsettings", "view_document", "view_circuits", "search_as_tenant"],
+        )
+    )
+    assert "Circuit breakers" in client.get(reverse("admin:chat_chatsettings_changelist")).content.decode()
+    assert "Search as a tenant" in client.get(reverse("admin:chat_document_changelist")).content.decode()
+    assert client.get(reverse("admin:chat_circuits")).status_code == 200
+    assert client.get(reverse("admin:chat_document_search")).status_code == 200
