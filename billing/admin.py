@@ -181,7 +181,6 @@ class TenantBudgetAdmin(BudgetColumns, admin.ModelAdmin):
         "daily_budget",
         "budget_state_display",
         "hard_limit",
-        "alert_thresholds",
     ]
     list_filter = ["hard_limit", BudgetStateFilter]
     list_select_related = ["tenant"]
@@ -227,13 +226,11 @@ class BudgetPeriodAdmin(BudgetColumns, ReadOnlyAdmin):
         "tenant",
         "period",
         "month_spent_display",
-        "reserved",
         "month_limit_display",
         "percent_used_display",
         "day_spent_display",
         "budget_state_display",
         "tokens",
-        "hard_limit",
     ]
     list_filter = ["month", BudgetStateFilter]
     search_fields = ["tenant__name", "tenant__slug"]
@@ -260,10 +257,6 @@ class BudgetPeriodAdmin(BudgetColumns, ReadOnlyAdmin):
     @admin.display(description="month", ordering="month")
     def period(self, period: BudgetPeriod) -> str:
         return display.period(period.month)
-
-    @admin.display(description="reserved", ordering="reserved_nanos")
-    def reserved(self, period: BudgetPeriod) -> str:
-        return display.dollars(period.reserved_nanos)
 
     @admin.display(description="tokens used", ordering="tokens_used")
     def tokens(self, period: BudgetPeriod) -> str:
@@ -317,10 +310,8 @@ class UsageEntryAdmin(ReadOnlyAdmin):
         "kind",
         "model_name",
         "input",
-        "cached_input",
         "output",
         "cost",
-        "prompt",
     ]
     list_filter = ["kind", "provider", "model"]
     search_fields = ["request_id", "tenant__slug", "model"]

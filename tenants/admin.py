@@ -93,7 +93,7 @@ class BudgetColumns:
     def day_spent_display(self, obj: Any) -> str:
         return display.dollars(obj.day_spent)
 
-    @admin.display(description="state", ordering="budget_state")
+    @admin.display(description="budget state", ordering="budget_state")
     def budget_state_display(self, obj: Any) -> str:
         return display.budget_state(obj.budget_state)
 
@@ -161,8 +161,6 @@ class TenantAdmin(BudgetColumns, admin.ModelAdmin):
         "percent_used_display",
         "day_spent_display",
         "budget_state_display",
-        "requests_per_minute",
-        "created",
     ]
     list_filter = ["is_active", BudgetStateFilter, "created_at"]
     search_fields = ["name", "slug"]
@@ -399,7 +397,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "status",
         "expires",
         "last_used",
-        "created",
     ]
     list_filter = [KeyStatusFilter, "tenant", "created_at"]
     search_fields = ["name", "public_id", "tenant__name", "tenant__slug"]

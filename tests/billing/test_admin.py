@@ -61,7 +61,7 @@ def test_budget_state_is_blocked_at_a_hard_limit(admin_client, spenders) -> None
     budgets = admin_client.get("/admin/billing/tenantbudget/").content.decode()
     assert "Blocked" in budgets
     assert "$0.11" in budgets
-    periods = admin_client.get("/admin/billing/budgetperiod/?o=-6").content.decode()
+    periods = admin_client.get("/admin/billing/budgetperiod/?o=-7").content.decode()
     assert "Blocked" in periods
     assert f"{timezone.localdate():%Y-%m}" in periods
 

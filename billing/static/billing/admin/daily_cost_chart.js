@@ -13,6 +13,7 @@ document.addEventListener("DOMContentLoaded", () => {
     },
     options: {
       animation: false,
+      maintainAspectRatio: false,
       scales: { y: { beginAtZero: true, ticks: { callback: (value) => "$" + value } } },
       plugins: { tooltip: { callbacks: { label: (item) => "$" + item.parsed.y.toFixed(2) } } },
     },
