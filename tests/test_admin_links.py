@@ -27,6 +27,8 @@ from billing.services import budget_update, invoice_finalize, invoice_generate, 
 from chat import embeddings
 from chat.documents import document_create, document_ingest, documents_cache
 from chat.services import ChatParams, chat_complete, chat_settings_cache, chat_settings_update
+from monitoring.models import FeedbackMetric
+from monitoring.services import feedback_submit
 from prompts import selectors as prompt_selectors
 from prompts.models import PromptTemplate
 from prompts.services import (
@@ -240,7 +242,7 @@ def admin_world(tenant: Tenant, other_tenant: Tenant, make_key: Any) -> PromptTe
         tenant=None, name="summary", kind="text", actor="test", text="Summarize {{ text }}."
     )
 
-    chat_complete(
+    answer = chat_complete(
         tenant=tenant,
         params=ChatParams(
             endpoint="chat",
@@ -249,6 +251,9 @@ def admin_world(tenant: Tenant, other_tenant: Tenant, make_key: Any) -> PromptTe
             variables={"company": "Acme"},
         ),
     )
+    FeedbackMetric.objects.create(tenant=tenant, name="stars", kind="scale", scale_min=1, scale_max=5)
+    feedback_submit(tenant=tenant, trace=str(answer.trace_id), score=1, comment="helpful")
+    feedback_submit(tenant=tenant, trace=str(answer.trace_id), name="stars", score=4)
     for owner in (tenant, other_tenant):  # enough to cross the $0.01 budget's alert thresholds
         usage_record(
             tenant=owner,

@@ -134,6 +134,8 @@ def test_adding_a_tenant_sets_its_budget_and_shows_its_first_key_once(admin_clie
             "tokens_per_minute": 100000,
             "monthly_token_quota": 1000000,
             "allowed_models": "*",
+            "trace_retention_days": 30,
+            "store_trace_text": "on",
         },
     )
     assert response.status_code == 302, response.content.decode()[:3000]
