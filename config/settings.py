@@ -344,6 +344,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several `status` fields with different choices: each enum named for what it is.
+    "ENUM_NAME_OVERRIDES": {
+        "TraceStatusEnum": "monitoring.models.TraceStatus",
+        "DocumentStatusEnum": ["pending", "processing", "ready", "failed"],
+    },
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------------

@@ -81,6 +81,13 @@ class ApiAutoSchema(AutoSchema):
             schema.setdefault("pattern", NO_NUL)
         return schema
 
+    def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+        super()._insert_field_validators(field, schema)
+        collapsed = _blank_without_one_of(schema)
+        if collapsed is not schema:
+            schema.clear()
+            schema.update(collapsed)
+
     def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
         """Adds a serializer's `schema_rules`: what its validate() enforces across fields, in JSON Schema."""
         schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
@@ -110,3 +117,18 @@ class ApiAutoSchema(AutoSchema):
         if code == 429:
             response["headers"] = RETRY_AFTER
         return response
+
+
+def _blank_without_one_of(schema: dict[str, Any]) -> dict[str, Any]:
+    """Spectacular gives an allow_blank string `oneOf: [the string, maxLength 0]`. When the string
+    already takes "" (no minLength), "" matches both, which oneOf refuses: the string alone says it."""
+    alternatives = schema.get("oneOf")
+    if (
+        isinstance(alternatives, list)
+        and len(alternatives) == 2
+        and alternatives[1] == {"type": "string", "maxLength": 0}
+        and not alternatives[0].get("minLength")
+    ):
+        rest = {key: value for key, value in schema.items() if key != "oneOf"}
+        return {**alternatives[0], **rest}
+    return schema

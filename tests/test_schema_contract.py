@@ -123,6 +123,14 @@ def _follow_data_rules(case: schemathesis.Case) -> None:
         # Any bytes are a binary to the schema; the upload takes text, or a PDF's bytes after "%PDF-".
         # These are both, whichever of the documented types the part declares.
         body["file"] = b"%PDF-1.4 or plain text: a document as an upload holds.\n"
+    if case.path.rstrip("/") in ("/api/v1/feedback", "/api/v1/traces") and case.query:
+        # A time range ends after it starts (said in the parameters' descriptions), and a cursor is
+        # only ever one the API handed out in a `next` or `previous` link, not any string.
+        after = parse_datetime(str(case.query.get("created_after") or ""))
+        before = parse_datetime(str(case.query.get("created_before") or ""))
+        inverted = after is not None and before is not None and before <= after
+        dropped = {"cursor", *(["created_before"] if inverted else [])}
+        case.query = {k: v for k, v in case.query.items() if k not in dropped}
     if case.path == "/api/v1/usage" and case.query:
         today = timezone.localdate()
         start = parse_date(str(case.query.get("from") or "")) or today.replace(day=1)
