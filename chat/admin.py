@@ -42,6 +42,9 @@ class ChatSettingsForm(forms.ModelForm):
             "injection_policy",
             "redact_output",
             "rag_enabled",
+            "rag_text_search_config",
+            "rag_semantic_weight",
+            "rag_lexical_weight",
             "semantic_cache_enabled",
             "semantic_cache_threshold",
             "semantic_cache_multi_turn",
@@ -89,6 +92,9 @@ class ChatSettingsAdmin(admin.ModelAdmin):
             {
                 "fields": [
                     "rag_enabled",
+                    "rag_text_search_config",
+                    "rag_semantic_weight",
+                    "rag_lexical_weight",
                     "semantic_cache_enabled",
                     "semantic_cache_threshold",
                     "semantic_cache_multi_turn",

@@ -446,7 +446,6 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
             tenant_id=self.tenant.pk,
             query=body.validated_data["query"],
             k=body.validated_data["k"],
-            min_score=-1.0,  # show everything found, scores tell how close
         )
         return Response(
             {

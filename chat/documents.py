@@ -3,8 +3,9 @@
 Upload (`document_create`) checks what can be checked at once (size, type, encoding, a PDF's header),
 keeps the bytes and enqueues ingestion on commit. Ingestion (`document_ingest`, run by the Celery
 task and by `manage.py ingest`) extracts text, chunks it, embeds the chunks in batches outside any
-transaction, then swaps the document's chunks in one transaction: running it twice leaves the
-same chunks, and a document deleted meanwhile is left alone.
+transaction, then swaps the document's chunks in one transaction, their words indexed for keyword
+search there too: running it twice leaves the same chunks, and a document deleted meanwhile is left
+alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from django.utils import timezone
 
 from chat.embeddings import get_embedder
 from chat.models import Chunk, Document, DocumentStatus, SemanticCacheEntry
+from chat.retrieval import text_search_index
 from chat.tokens import CHARS_PER_TOKEN, estimate_tokens
 from tenants.caching import StampedLocalCache
 from tenants.errors import ApiError, ConflictError, DomainError, NotFoundError
@@ -382,6 +384,7 @@ def document_ingest(
             ],
             batch_size=1000,
         )
+        text_search_index(tenant_id=locked.tenant_id, document_id=locked.pk)
         locked.status = DocumentStatus.READY
         locked.error = ""
         locked.embedder = embedder.name

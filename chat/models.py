@@ -7,6 +7,8 @@ import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from pgvector.django import VectorField
@@ -29,6 +31,15 @@ class RedactionCategory(models.TextChoices):
 
 def all_redactions() -> list[str]:
     return list(RedactionCategory.values)
+
+
+# PostgreSQL's built-in text search configurations (pg_ts_config in PostgreSQL 16).
+_TEXT_SEARCH_CONFIGS = (
+    "simple arabic armenian basque catalan danish dutch english finnish french german greek hindi "
+    "hungarian indonesian irish italian lithuanian nepali norwegian portuguese romanian russian "
+    "serbian spanish swedish tamil turkish yiddish"
+)
+TEXT_SEARCH_CONFIGS = _TEXT_SEARCH_CONFIGS.split()
 
 
 class ChatSettings(models.Model):
@@ -66,6 +77,25 @@ class ChatSettings(models.Model):
     rag_enabled = models.BooleanField(
         default=True,
         help_text="Answer from the tenant's documents when it has some (a request may still say rag=false).",
+    )
+    rag_text_search_config = models.CharField(
+        max_length=20,
+        choices=[(name, name) for name in TEXT_SEARCH_CONFIGS],
+        default="simple",
+        help_text="PostgreSQL text search configuration of the keyword half of retrieval. 'simple' "
+        "(lower-cased words, no stemming, no stop words) works for documents in any language; a "
+        "language's own (english, indonesian, ...) stems words of that language. Changing it "
+        "re-indexes the tenant's chunks.",
+    )
+    rag_semantic_weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
+        help_text="Weight of the embedding ranking in the fused ranking (0: keywords only).",
+    )
+    rag_lexical_weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
+        help_text="Weight of the keyword (full-text) ranking in the fused ranking (0: embeddings only).",
     )
     semantic_cache_enabled = models.BooleanField(
         default=False,
@@ -171,7 +201,8 @@ class Document(TenantOwnedModel):
 
 
 class Chunk(TenantOwnedModel):
-    """A piece of a document with its embedding. No shared vector index: small tenants are searched
+    """A piece of a document with its embedding and its words (`search_vector`, a tsvector made with
+    the tenant's text search configuration). No shared vector index: small tenants are searched
     exactly, large ones through their own partial HNSW index (chat/retrieval.py)."""
 
     id = models.BigAutoField(primary_key=True)
@@ -181,12 +212,16 @@ class Chunk(TenantOwnedModel):
     token_count = models.PositiveIntegerField()
     embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)
     metadata = models.JSONField(default=dict, blank=True)
+    # Filled by the database with the tenant's configuration (chat/retrieval.py, text_search_index),
+    # not a generated column: a generated column needs one configuration for every row.
+    search_vector = SearchVectorField(null=True, editable=False)
 
     class Meta:
         ordering = ["document", "ordinal"]
         constraints = [
             models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal"),
         ]
+        indexes = [GinIndex(fields=["search_vector"], name="chunk_search_vector")]
 
     def __str__(self) -> str:
         return f"{self.document_id} #{self.ordinal}"

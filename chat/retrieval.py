@@ -1,23 +1,34 @@
-"""Top-k chunks of one tenant's documents by cosine distance, with full recall at every tenant size.
+"""Top-k chunks of one tenant's documents for a question: hybrid retrieval (embeddings and keywords,
+fused), with evidence required and snippets that show the passage that matched.
 
-A single HNSW index shared by all tenants loses recall for small tenants: PostgreSQL walks the
-index for the nearest vectors of *all* tenants and filters by tenant afterwards, so a tenant with
-0.1% of the chunks sees almost none of its own among the candidates (pgvector 0.6 on the bundled
-server has no iterative index scans). So there is no shared vector index:
+Two rankings of the tenant's chunks, each over RAG_CANDIDATES candidates:
 
-- a tenant with fewer than RAG_TENANT_INDEX_MIN_CHUNKS chunks is searched exactly (its rows through
-  the tenant_id b-tree, every distance computed): exact recall, a few milliseconds;
-- a larger tenant gets its own HNSW index, a partial index `WHERE tenant_id = <id>` built in the
-  background (`tenant_vector_index_sync`), which PostgreSQL picks for that tenant's queries: an
-  index that holds only the tenant's vectors, so its recall does not depend on anyone else's data.
+- by embedding (cosine distance). A single HNSW index shared by all tenants loses recall for small
+  tenants: PostgreSQL walks the index for the nearest vectors of *all* tenants and filters by tenant
+  afterwards, so a tenant with 0.1% of the chunks sees almost none of its own among the candidates
+  (pgvector 0.6 on the bundled server has no iterative index scans). So there is no shared vector
+  index: a tenant with fewer than RAG_TENANT_INDEX_MIN_CHUNKS chunks is searched exactly (its rows
+  through the tenant_id b-tree, every distance computed); a larger tenant gets its own HNSW index, a
+  partial index `WHERE tenant_id = <id>` built in the background (`tenant_vector_index_sync`), which
+  PostgreSQL picks for that tenant's queries. bench/bench_retrieval.py measures recall and latency.
+- by keywords: PostgreSQL full-text search over `chat_chunk.search_vector` (GIN index), with the
+  tenant's text search configuration (`simple` by default, right for mixed-language documents). The
+  question's content words are OR-ed (`websearch_to_tsquery`, so a quoted phrase stays a phrase):
+  a natural question rarely has all its words in one passage. Chunks that match more of the words
+  rank first, then by `ts_rank_cd`.
 
-The query is the same for both; the planner chooses. bench/bench_retrieval.py measures recall@10
-and latency of this against the shared-index baseline on 200,000 chunks.
+They are fused by weighted reciprocal rank fusion (weights per tenant in ChatSettings): a chunk's
+score is sum(weight / (RAG_RRF_K + rank)) over the rankings it is in, scaled so that first in both
+is 1. A chunk is kept only with evidence: a cosine similarity of at least the embedder's floor
+(`semantic_floor`, calibrated in bench/bench_relevance.py), or at least RAG_MIN_KEYWORD_COVERAGE of
+the question's content words. A question matching nothing retrieves nothing, and chat answers it
+without citations rather than citing noise.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,8 +38,8 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
-from chat.embeddings import embed_query
-from chat.models import Chunk
+from chat.embeddings import STOP_WORDS, WORD, embed_query, get_embedder, words
+from chat.models import ChatSettings, Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +47,88 @@ INDEX_PREFIX = "chat_chunk_hnsw_tenant_"
 # pgvector's default ef_construction (64) built graphs in which a question now and then found none of
 # its true neighbours on bench/bench_retrieval.py's corpus; 128 found them all, building ~1.6x slower.
 HNSW_INDEX_OPTIONS = "m = 16, ef_construction = 128"
+
+# Words of a question that say nothing about its subject, in the languages our tenants write (English,
+# Indonesian): left out of the keyword query, where `simple` keeps every word, so that "how do I ..."
+# does not match every chunk that says "how".
+_QUERY_STOP_WORDS_TEXT = """
+    about also any anything best does doing done get got just make many may might more most much must
+    need should some something tell there use used using want way ways work
+    ada adalah agar akan apa apakah atau bagaimana bila bisa cara dalam dan dari dengan di itu ini
+    jika juga kami kapan ke kita mana mengapa oleh pada saja saya sebuah siapa tidak untuk yang
+"""
+QUERY_STOP_WORDS = STOP_WORDS | frozenset(_QUERY_STOP_WORDS_TEXT.split())
+MAX_QUERY_TERMS = 32
+
+
+def query_terms(query: str) -> list[str]:
+    """The question's distinct content words, lower-cased, in order."""
+    terms: dict[str, None] = {}
+    for word in WORD.findall(query.lower()):
+        if len(word) > 1 and word not in QUERY_STOP_WORDS and not word.startswith("_"):
+            terms.setdefault(word, None)
+    return list(terms)[:MAX_QUERY_TERMS]
+
+
+def quoted_phrases(query: str) -> str:
+    """websearch_to_tsquery input for the question's quoted phrases ("" when it has none)."""
+    phrases = [f'"{phrase.strip()}"' for phrase in re.findall(r'"([^"]+)"', query) if phrase.strip()]
+    return " or ".join(phrases)
+
+
+def term_queries(terms: list[str]) -> list[str]:
+    """One to_tsquery operand per content word: its stem as a prefix ("rolled" -> "roll:*", which
+    finds "rollback" and "rolling"), since `simple` does not stem; short stems must match whole.
+    Terms are \\w+ runs, which hold none of to_tsquery's operators."""
+    operands = []
+    for term in terms:
+        stem = (words(term) or [term])[0]
+        operands.append(f"{stem}:*" if len(stem) >= 4 else stem)
+    return operands
+
+
+def semantic_floor() -> float:
+    """The cosine similarity below which an embedding match is no evidence: RAG_MIN_SCORE when set,
+    else the calibrated default of the deployment's embedder (RAG_MIN_SCORE_DEFAULTS)."""
+    if settings.RAG_MIN_SCORE is not None:
+        return float(settings.RAG_MIN_SCORE)
+    backend = get_embedder().name.split("-")[0].split(":")[0]
+    return float(settings.RAG_MIN_SCORE_DEFAULTS.get(backend, 0.0))
+
+
+SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+
+
+def best_passage(text: str, terms: list[str], chars: int) -> str:
+    """The sentences of `text` that hold most of the question's words (stemmed alike), about `chars`
+    long: what a citation shows. The text's beginning when no sentence holds any."""
+    wanted = set(words(" ".join(terms)))
+    sentences = [(m.start(), m.end()) for m in SENTENCE.finditer(text) if m.group().strip()]
+    if not sentences:
+        return _shorten(text, chars)
+    hits = [len(wanted & set(words(text[start:end]))) for start, end in sentences]
+    best = max(range(len(sentences)), key=lambda i: (hits[i], -i))
+    if hits[best] == 0:
+        return _shorten(text, chars)
+    first = last = best
+    # Grow the passage by the neighbouring sentence with more of the words while it fits.
+    while True:
+        options = [i for i in (first - 1, last + 1) if 0 <= i < len(sentences)]
+        options = [i for i in options if sentences[max(last, i)][1] - sentences[min(first, i)][0] <= chars]
+        if not options:
+            break
+        pick = max(options, key=lambda i: (hits[i], -abs(i - best)))
+        first, last = min(first, pick), max(last, pick)
+    passage = _shorten(text[sentences[first][0] : sentences[last][1]], chars)
+    prefix = "…" if sentences[first][0] > 0 else ""
+    return prefix + passage
+
+
+def _shorten(text: str, chars: int) -> str:
+    text = " ".join(text.split())
+    if len(text) > chars:
+        text = text[:chars].rsplit(" ", 1)[0] + "…"
+    return text
 
 
 @dataclass(frozen=True)
@@ -45,19 +138,21 @@ class RetrievedChunk:
     title: str
     ordinal: int
     text: str
-    score: float  # cosine similarity, 1 is identical
+    score: float  # relevance: the fused rank score, 1 for first in every ranking (cosine in nearest_chunks)
+    similarity: float = 0.0  # cosine similarity of the embeddings, 1 is identical
+    keyword_coverage: float = 0.0  # share of the question's content words the chunk holds
+    snippet: str = ""
 
     def citation(self, snippet_chars: int = 240) -> dict[str, Any]:
         """What the client gets back in `citations`."""
-        text = " ".join(self.text.split())
-        if len(text) > snippet_chars:
-            text = text[:snippet_chars].rsplit(" ", 1)[0] + "…"
         return {
             "document_id": str(self.document_id),
             "title": self.title,
             "chunk_ordinal": self.ordinal,
             "score": self.score,
-            "snippet": text,
+            "similarity": self.similarity,
+            "keyword_coverage": self.keyword_coverage,
+            "snippet": self.snippet or _shorten(self.text, snippet_chars),
         }
 
 
@@ -93,25 +188,216 @@ def nearest_chunks(*, tenant_id: int, vector: np.ndarray, k: int) -> list[Retrie
         cursor.execute(sql, {"vector": vector_literal(vector), "k": int(k)})
         rows = cursor.fetchall()
     return [
-        RetrievedChunk(chunk_id, document_id, title, ordinal, text, round(1.0 - float(distance), 4))
+        RetrievedChunk(
+            chunk_id,
+            document_id,
+            title,
+            ordinal,
+            text,
+            round(1.0 - float(distance), 4),
+            similarity=round(1.0 - float(distance), 4),
+        )
         for chunk_id, document_id, title, ordinal, text, distance in rows
     ]
 
 
-def retrieve(*, tenant_id: int, query: str, k: int, min_score: float | None = None) -> Retrieval:
-    """The k chunks of this tenant closest to `query` with a score of at least `min_score`."""
+# Chunks holding most of the question's words first, then by cover density. `matched` counts the
+# words one at a time (to_tsquery applies the configuration: stemming, its stop words).
+KEYWORD_CHUNKS_SQL = """
+SELECT c.id, c.document_id, d.title, c.ordinal, c.text, c.matched
+  FROM (SELECT id, document_id, ordinal, text,
+               (SELECT count(*) FROM unnest(%(terms)s::text[]) AS t(term)
+                 WHERE search_vector @@ to_tsquery(%(config)s::regconfig, t.term)) AS matched,
+               ts_rank_cd(search_vector, q) AS rank
+          FROM chat_chunk,
+               (SELECT websearch_to_tsquery(%(config)s::regconfig, %(phrases)s)
+                       || to_tsquery(%(config)s::regconfig, %(any_term)s) AS q) AS question
+         WHERE tenant_id = {tenant_id} AND search_vector @@ q
+         ORDER BY matched DESC, rank DESC, id
+         LIMIT %(k)s) AS c
+  JOIN chat_document AS d ON d.id = c.document_id AND d.tenant_id = {tenant_id}
+ ORDER BY c.matched DESC, c.rank DESC, c.id
+"""
+
+SEARCHABLE_TERMS_SQL = """
+SELECT count(*) FROM unnest(%(terms)s::text[]) AS t(term)
+ WHERE numnode(to_tsquery(%(config)s::regconfig, t.term)) > 0
+"""
+
+
+def keyword_chunks(*, tenant_id: int, query: str, config: str, k: int) -> tuple[list[RetrievedChunk], int]:
+    """(chunks matching the question's words best, how many of its words the configuration searches);
+    each chunk's keyword_coverage is the share of those words it holds."""
+    terms = query_terms(query)
+    if not terms:
+        return [], 0
+    operands = term_queries(terms)
+    params: dict[str, Any] = {
+        "terms": operands,
+        "config": config,
+        "phrases": quoted_phrases(query),
+        "any_term": " | ".join(operands),
+        "k": int(k),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(SEARCHABLE_TERMS_SQL, params)
+        (searchable,) = cursor.fetchone()
+        if not searchable:
+            return [], 0
+        cursor.execute(KEYWORD_CHUNKS_SQL.format(tenant_id=int(tenant_id)), params)
+        rows = cursor.fetchall()
+    return [
+        RetrievedChunk(
+            chunk_id,
+            document_id,
+            title,
+            ordinal,
+            text,
+            0.0,
+            keyword_coverage=round(min(1.0, matched / searchable), 4),
+        )
+        for chunk_id, document_id, title, ordinal, text, matched in rows
+    ], searchable
+
+
+@dataclass(frozen=True)
+class RetrievalPolicy:
+    text_search_config: str = "simple"
+    semantic_weight: float = 1.0
+    lexical_weight: float = 1.0
+
+
+def retrieval_policy(*, tenant_id: int) -> RetrievalPolicy:
+    """The tenant's knobs (ChatSettings), the defaults when it has none yet."""
+    row = (
+        ChatSettings.objects.filter(tenant_id=tenant_id)
+        .values_list("rag_text_search_config", "rag_semantic_weight", "rag_lexical_weight")
+        .first()
+    )
+    return RetrievalPolicy(*row) if row else RetrievalPolicy()
+
+
+def fuse(
+    semantic: list[RetrievedChunk],
+    lexical: list[RetrievedChunk],
+    *,
+    policy: RetrievalPolicy,
+    floor: float,
+    min_coverage: float,
+) -> list[RetrievedChunk]:
+    """Weighted reciprocal rank fusion of both rankings, keeping only chunks with evidence."""
+    rrf_k = settings.RAG_RRF_K
+    best = (policy.semantic_weight + policy.lexical_weight) / (rrf_k + 1)
+    scores: dict[int, float] = {}
+    found: dict[int, RetrievedChunk] = {}
+    evidence: set[int] = set()
+    for weight, ranking in ((policy.semantic_weight, semantic), (policy.lexical_weight, lexical)):
+        for rank, chunk in enumerate(ranking, start=1):
+            scores[chunk.chunk_id] = scores.get(chunk.chunk_id, 0.0) + weight / (rrf_k + rank)
+            earlier = found.get(chunk.chunk_id)
+            found[chunk.chunk_id] = (
+                chunk
+                if earlier is None
+                else RetrievedChunk(**{**earlier.__dict__, "keyword_coverage": chunk.keyword_coverage})
+            )
+            if (ranking is semantic and chunk.similarity >= floor) or (
+                ranking is lexical and chunk.keyword_coverage >= min_coverage
+            ):
+                evidence.add(chunk.chunk_id)
+    ranked = sorted(evidence, key=lambda chunk_id: (-scores[chunk_id], chunk_id))
+    return [
+        RetrievedChunk(**{**found[chunk_id].__dict__, "score": round(scores[chunk_id] / best, 4)})
+        for chunk_id in ranked
+    ]
+
+
+SIMILARITY_SQL = """
+SELECT id, 1 - (embedding <=> %(vector)s::vector) FROM chat_chunk
+ WHERE tenant_id = {tenant_id} AND id = ANY(%(ids)s)
+"""
+
+
+def _with_similarity(
+    chunks: list[RetrievedChunk], *, tenant_id: int, vector: np.ndarray | None
+) -> list[RetrievedChunk]:
+    """Keyword-only hits get their cosine similarity too (shown to the client, not ranked on)."""
+    missing = [chunk.chunk_id for chunk in chunks if chunk.similarity == 0.0]
+    if not missing or vector is None:
+        return chunks
+    with connection.cursor() as cursor:
+        cursor.execute(
+            SIMILARITY_SQL.format(tenant_id=int(tenant_id)),
+            {"vector": vector_literal(vector), "ids": missing},
+        )
+        similarity = {chunk_id: round(float(value), 4) for chunk_id, value in cursor.fetchall()}
+    return [
+        RetrievedChunk(**{**chunk.__dict__, "similarity": similarity.get(chunk.chunk_id, chunk.similarity)})
+        for chunk in chunks
+    ]
+
+
+def retrieve(
+    *, tenant_id: int, query: str, k: int, min_score: float | None = None, hybrid: bool = True
+) -> Retrieval:
+    """The k most relevant chunks of this tenant for `query` that have evidence: a cosine similarity
+    of at least `min_score` (default: the embedder's floor) or enough of the question's words.
+    `hybrid=False` ranks by embeddings alone (the benchmark's baseline)."""
     started = time.perf_counter()
-    vector, cached = embed_query(query, tenant_id=tenant_id)
+    policy = retrieval_policy(tenant_id=tenant_id)
+    if not hybrid:
+        policy = RetrievalPolicy(policy.text_search_config, 1.0, 0.0)
+    retrieval = Retrieval()
+    vector: np.ndarray | None = None
+    if policy.semantic_weight > 0:
+        vector, retrieval.cached_embedding = embed_query(query, tenant_id=tenant_id)
+        if not np.any(vector):  # no content words: nothing to compare (cosine distance is undefined)
+            vector = None
     embedded = time.perf_counter()
-    retrieval = Retrieval(embed_ms=(embedded - started) * 1000, cached_embedding=cached)
-    if not np.any(vector):  # no content words: nothing to compare (and cosine distance is undefined)
-        return retrieval
-    floor = settings.RAG_MIN_SCORE if min_score is None else min_score
+    retrieval.embed_ms = (embedded - started) * 1000
+    candidates = max(settings.RAG_CANDIDATES, k)
+    semantic = nearest_chunks(tenant_id=tenant_id, vector=vector, k=candidates) if vector is not None else []
+    lexical: list[RetrievedChunk] = []
+    if policy.lexical_weight > 0:
+        lexical, _ = keyword_chunks(
+            tenant_id=tenant_id, query=query, config=policy.text_search_config, k=candidates
+        )
+    floor = semantic_floor() if min_score is None else min_score
+    fused = fuse(
+        semantic, lexical, policy=policy, floor=floor, min_coverage=settings.RAG_MIN_KEYWORD_COVERAGE
+    )
+    terms = query_terms(query)
     retrieval.chunks = [
-        chunk for chunk in nearest_chunks(tenant_id=tenant_id, vector=vector, k=k) if chunk.score >= floor
+        RetrievedChunk(**{**chunk.__dict__, "snippet": best_passage(chunk.text, terms, SNIPPET_CHARS)})
+        for chunk in _with_similarity(fused[:k], tenant_id=tenant_id, vector=vector)
     ]
     retrieval.query_ms = (time.perf_counter() - embedded) * 1000
     return retrieval
+
+
+SNIPPET_CHARS = 240
+
+
+# --- the keyword index ------------------------------------------------------------------------------
+
+# The tenant's configuration is read by the statement itself, so that a chunk is always indexed with
+# the configuration in force when it is written. The document's title is indexed with each chunk:
+# a question often names the subject only the title does ("the deployment runbook").
+TEXT_SEARCH_INDEX_SQL = """
+UPDATE chat_chunk AS c SET search_vector = to_tsvector(config.name, d.title || E'\\n' || c.text)
+  FROM chat_document AS d,
+       (SELECT coalesce((SELECT rag_text_search_config FROM chat_chatsettings
+                          WHERE tenant_id = %(tenant_id)s), 'simple')::regconfig AS name) AS config
+ WHERE c.tenant_id = %(tenant_id)s AND d.id = c.document_id
+"""
+
+
+def text_search_index(*, tenant_id: int, document_id: uuid.UUID | None = None) -> int:
+    """(Re)computes the tsvector of the tenant's chunks (one document's, when given) with its text
+    search configuration: at ingestion, and for every chunk when the configuration changes."""
+    sql = TEXT_SEARCH_INDEX_SQL + (" AND c.document_id = %(document_id)s" if document_id else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"tenant_id": int(tenant_id), "document_id": document_id})
+        return cursor.rowcount
 
 
 # --- per-tenant HNSW indexes --------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from chat.fallback import (
 from chat.guards import StreamRedactor, injection_findings, redact
 from chat.models import ChatSettings, Conversation, GuardPolicy, Message
 from chat.providers import CONTEXT_MARKER, Completion, Finish, ProviderRequest, Usage, provider_configured
-from chat.retrieval import RetrievedChunk, retrieve
+from chat.retrieval import RetrievedChunk, retrieve, text_search_index
 from chat.semantic_cache import SemanticKey, semantic_cache_lookup, semantic_cache_store
 from chat.tokens import estimate_message_tokens, estimate_tokens, input_token_bound
 from monitoring.metrics import CACHE_HITS, CACHE_MISSES, refusal_count, refusal_reason
@@ -134,6 +134,10 @@ def chat_settings_update(*, tenant: Tenant, actor: str, **changes: Any) -> ChatS
         validate_target(entry)
     chat_settings.full_clean()
     chat_settings.save()
+    if before.get("rag_text_search_config", chat_settings.rag_text_search_config) != (
+        chat_settings.rag_text_search_config
+    ):  # the keyword index must use the configuration the queries use
+        text_search_index(tenant_id=tenant.pk)
     audit_event_record(
         tenant=tenant,
         actor=actor,

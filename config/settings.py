@@ -313,7 +313,16 @@ RAG_CHUNK_OVERLAP_TOKENS = env_int("RAG_CHUNK_OVERLAP_TOKENS", 50)
 RAG_INGEST_STALLED_SECONDS = env_int("RAG_INGEST_STALLED_SECONDS", 1800)
 RAG_TOP_K = env_int("RAG_TOP_K", 5)
 RAG_CONTEXT_TOKENS = env_int("RAG_CONTEXT_TOKENS", 1500)  # retrieved text put into the prompt, at most
-RAG_MIN_SCORE = float(env_str("RAG_MIN_SCORE", "0.05"))  # cosine similarity below this is not context
+# Hybrid retrieval (chat/retrieval.py): each ranking (embeddings, keywords) contributes this many
+# candidates to the reciprocal rank fusion, whose constant is RAG_RRF_K.
+RAG_CANDIDATES = env_int("RAG_CANDIDATES", 40)
+RAG_RRF_K = env_int("RAG_RRF_K", 60)
+# Evidence: a chunk is retrieved only with a cosine similarity of at least RAG_MIN_SCORE (default: the
+# embedder's calibrated floor below, bench/bench_relevance.py) or at least this share of the
+# question's content words.
+RAG_MIN_SCORE = float(env_str("RAG_MIN_SCORE", "")) if env_str("RAG_MIN_SCORE", "") else None
+RAG_MIN_SCORE_DEFAULTS = {"hashing": 0.30, "minilm": 0.45, "openai": 0.40}
+RAG_MIN_KEYWORD_COVERAGE = float(env_str("RAG_MIN_KEYWORD_COVERAGE", "0.5"))
 # Tenants with more chunks than this get their own HNSW index (a partial index on tenant_id); smaller
 # tenants are searched exactly. Both give full recall at any tenant size (bench/bench_retrieval.py).
 # hnsw.ef_search comes from RAG_HNSW_EF_SEARCH (see DATABASES).

@@ -399,6 +399,9 @@ def test_chain_and_routing_are_edited_in_the_admin(tenant, admin_client, chat_cl
         "injection_policy": "flag",
         "redact_output": ["email"],
         "rag_enabled": "on",
+        "rag_text_search_config": "simple",
+        "rag_semantic_weight": 1.0,
+        "rag_lexical_weight": 1.0,
         "semantic_cache_threshold": 0.95,
     }
     bad = admin_client.post(

@@ -71,9 +71,7 @@ def test_a_tenant_never_retrieves_another_tenants_chunks(tenant, other_tenant, m
             }
             assert not {chunk.chunk_id for chunk in found.chunks} & theirs
     client = client_with_key(make_key(tenant, scopes=["documents"])[1])
-    response = client.post(
-        "/api/v1/documents/search", {"query": "refund within 30 days", "k": 10}, format="json"
-    )
+    response = client.post("/api/v1/documents/search", {"query": "our refund rules", "k": 10}, format="json")
     assert response.status_code == 200
     assert [r["document_id"] for r in response.json()["results"]] == [str(mine.pk)]
 
