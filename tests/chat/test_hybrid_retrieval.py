@@ -15,7 +15,7 @@ from chat import embeddings
 from chat.documents import document_create, document_ingest
 from chat.embeddings import normalise_rows, words
 from chat.models import Chunk
-from chat.retrieval import keyword_chunks, query_terms, retrieve, semantic_floor
+from chat.retrieval import enough_terms_query, keyword_chunks, query_terms, retrieve, semantic_floor
 from chat.services import chat_settings_update
 from tests.chat.corpus import DOCUMENTS
 
@@ -215,3 +215,16 @@ def test_the_semantic_floor_is_the_embedders_unless_set(settings):
     assert semantic_floor() == settings.RAG_MIN_SCORE_DEFAULTS["hashing"]
     settings.RAG_MIN_SCORE = 0.12
     assert semantic_floor() == 0.12
+
+
+def test_the_keyword_query_asks_for_enough_of_the_words(tenant):
+    assert enough_terms_query(["a", "b", "c"], 2) == "(a & b) | (a & c) | (b & c)"
+    ingest(tenant, "Garden", "The ficus is watered weekly. Cacti are watered monthly.")
+    ingest(tenant, "Kitchen", "The ficus pot is blue.")
+    # Four content words, two needed: only the garden holds two (ficus, watered).
+    chunks, searchable = keyword_chunks(
+        tenant_id=tenant.pk, query="When is the ficus watered, indoors or outdoors?", config="simple", k=5
+    )
+    assert searchable == 4
+    assert [chunk.title for chunk in chunks] == ["Garden"]
+    assert chunks[0].keyword_coverage == 0.5
