@@ -213,7 +213,9 @@ class MiniLMEmbedder:
 
     def embed(self, texts: Sequence[str], *, interactive: bool = False) -> np.ndarray:
         with self._lock:  # one forward pass at a time: torch already uses every core
-            vectors = self.model.encode(list(texts), batch_size=32, normalize_embeddings=True)
+            vectors = self.model.encode(
+                list(texts), batch_size=32, normalize_embeddings=True, show_progress_bar=False
+            )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimensions)
 
 
