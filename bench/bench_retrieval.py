@@ -21,6 +21,7 @@ the tenant's topics.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import statistics
@@ -89,7 +90,9 @@ TOPIC_WORDS = 40
 TEXT_VERSION = b"text-v1"
 
 
-def vocabulary(rng: np.random.Generator, count: int) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def vocabulary(count: int) -> list[str]:
+    rng = np.random.default_rng(1)
     syllables = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "pi", "na", "gu", "zer", "ti", "bo"]
     found: dict[str, None] = {}
     while len(found) < count:
@@ -99,7 +102,7 @@ def vocabulary(rng: np.random.Generator, count: int) -> list[str]:
 
 def chunk_texts(chunk_topics: np.ndarray, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
-    words = vocabulary(np.random.default_rng(1), COMMON_WORDS + TOPICS * TOPIC_WORDS)
+    words = vocabulary(COMMON_WORDS + TOPICS * TOPIC_WORDS)
     common = rng.zipf(1.3, (len(chunk_topics), 60)) % COMMON_WORDS
     own = (
         COMMON_WORDS
@@ -110,7 +113,7 @@ def chunk_texts(chunk_topics: np.ndarray, seed: int) -> list[str]:
 
 
 def question_text(rng: np.random.Generator, topic: int) -> str:
-    words = vocabulary(np.random.default_rng(1), COMMON_WORDS + TOPICS * TOPIC_WORDS)
+    words = vocabulary(COMMON_WORDS + TOPICS * TOPIC_WORDS)
     own = COMMON_WORDS + topic * TOPIC_WORDS + rng.integers(0, TOPIC_WORDS, 3)
     return " ".join([words[int(rng.zipf(1.3)) % COMMON_WORDS], *(words[i] for i in own)])
 
