@@ -212,7 +212,10 @@ def nearest_chunks(*, tenant_id: int, vector: np.ndarray, k: int) -> list[Retrie
 # tsvector is stored out of line (TOAST); `hits` reads each matching one once into memory (the
 # concatenation makes a new value) instead of once per word, which made the query ~5x slower; the
 # words are counted by one expression (no subquery per row), and only the chunks holding the most
-# words are ranked by cover density, the costly part.
+# words are ranked by cover density, the costly part. `tenant_id + 0` keeps the planner on the GIN
+# index alone, the tenant filtered on its few matching rows: with the tenant's b-tree it either read
+# every chunk of a small tenant out of TOAST, or AND-ed a bitmap of all of a large tenant's rows
+# (EXPLAIN ANALYZE on bench_retrieval's corpus: 9.6 -> 5.1 ms and 29.9 -> 6.0 ms).
 KEYWORD_CHUNKS_SQL = """
 WITH question AS (
     SELECT websearch_to_tsquery(%(config)s::regconfig, %(phrases)s)
@@ -222,7 +225,7 @@ WITH question AS (
 ), hits AS MATERIALIZED (
     SELECT id, search_vector || ''::tsvector AS words
       FROM chat_chunk, question
-     WHERE tenant_id = {tenant_id} AND search_vector @@ question.q
+     WHERE tenant_id + 0 = {tenant_id} AND search_vector @@ question.q
 ), covering AS (
     SELECT hits.id, hits.words, {matched} AS matched
       FROM hits, question
