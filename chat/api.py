@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -79,14 +80,21 @@ class _StreamBody:
     closes the response when the client is gone, after any chunk or before the first: the pipeline
     then settles at once, whether or not the generator making the chunks ever started."""
 
-    def __init__(self, chunks: Iterator[str], pipeline: Iterator[Any] | None) -> None:
-        self.chunks, self.pipeline = chunks, pipeline
+    def __init__(
+        self, chunks: Iterator[str], pipeline: Iterator[Any] | None, on_unfinished: Callable[[], None] | None
+    ) -> None:
+        self.chunks, self.pipeline, self.on_unfinished = chunks, pipeline, on_unfinished
+        self.finished = False
 
     def __iter__(self) -> _StreamBody:
         return self
 
     def __next__(self) -> str:
-        return next(self.chunks)
+        try:
+            return next(self.chunks)
+        except StopIteration:
+            self.finished = True
+            raise
 
     def close(self) -> None:
         try:
@@ -94,15 +102,24 @@ class _StreamBody:
             if close_chunks is not None:
                 close_chunks()
         finally:
-            close_pipeline = getattr(self.pipeline, "close", None)
-            if close_pipeline is not None:
-                close_pipeline()
+            try:
+                close_pipeline = getattr(self.pipeline, "close", None)
+                if close_pipeline is not None:
+                    close_pipeline()
+            finally:
+                if not self.finished and self.on_unfinished is not None:
+                    self.on_unfinished()
 
 
-def event_stream(chunks: Iterator[str], pipeline: Iterator[Any] | None = None) -> StreamingHttpResponse:
-    """Server-Sent Events; `pipeline` (chat_stream's events) is closed when the response is."""
+def event_stream(
+    chunks: Iterator[str],
+    pipeline: Iterator[Any] | None = None,
+    on_unfinished: Callable[[], None] | None = None,
+) -> StreamingHttpResponse:
+    """Server-Sent Events; `pipeline` (chat_stream's events) is closed when the response is, and
+    `on_unfinished` called when it is closed before its last chunk (the client gone)."""
     response = StreamingHttpResponse(
-        _StreamBody(chunks, pipeline), content_type="text/event-stream; charset=utf-8"
+        _StreamBody(chunks, pipeline, on_unfinished), content_type="text/event-stream; charset=utf-8"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event through as it comes
@@ -149,6 +166,14 @@ class IdempotentChatView(TenantAPIView):
         # endpoint is another request (422), not a replay in the wrong shape.
         request_body = {k: v for k, v in body.items() if k != "idempotency_key"}
         return key, body_fingerprint({"endpoint": request.path_info, "body": request_body})
+
+    def abandoning(self, key: str | None) -> Callable[[], None] | None:
+        """For a stream the client leaves before its end (charged for what it delivered): frees the
+        key, so a retry is a new call under a new request id, charged as such. Under the old id the
+        ledger would take it for the charged run and charge nothing for a whole new answer."""
+        if key is None:
+            return None
+        return partial(idempotency_abandon, tenant=self.tenant, key=key)
 
     def answer_once(
         self, key: str | None, fingerprint: str, produce: Callable[[], dict[str, Any]]
@@ -213,7 +238,11 @@ class ChatView(IdempotentChatView):
                 if key is not None:
                     idempotency_abandon(tenant=self.tenant, key=key)
                 raise
-            return event_stream(self._relay_events(events, key, fingerprint), pipeline=events)
+            return event_stream(
+                self._relay_events(events, key, fingerprint),
+                pipeline=events,
+                on_unfinished=self.abandoning(key),
+            )
         return self.answer_once(
             key, fingerprint, lambda: result_data(chat_complete(tenant=self.tenant, params=params))
         )
@@ -572,6 +601,7 @@ class ChatCompletionsView(IdempotentChatView):
             return event_stream(
                 self._chunks(events, params, created, include_usage, key, fingerprint),
                 pipeline=events,
+                on_unfinished=self.abandoning(key),
             )
         return self.answer_once(
             key,

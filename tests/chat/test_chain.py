@@ -578,3 +578,30 @@ def test_a_malformed_default_fallback_chain_is_refused_at_start_up(settings):
     assert "chat.E004" not in check_ids()
     settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini", "opneai:gpt-4o"]
     assert "chat.E004" in check_ids()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("chunks_read", [0, 1])
+@pytest.mark.parametrize("path", list(STREAMING_REQUESTS))
+def test_a_retry_after_the_client_left_a_keyed_stream_is_a_new_charged_call(
+    tenant, chat_client, upstreams, path, chunks_read
+):
+    """The stream the client left was charged for what it delivered; a retry with the same
+    Idempotency-Key is a new provider call, charged under a new request id. Before, it reused the
+    charged run's id once the claim expired, and the ledger charged a whole new answer nothing."""
+    openai_server, _ = upstreams
+    headers = {"HTTP_IDEMPOTENCY_KEY": f"left-{chunks_read}"}
+    response = chat_client.post(path, STREAMING_REQUESTS[path], format="json", **headers)
+    chunks = iter(response.streaming_content)
+    for _ in range(chunks_read):
+        next(chunks)
+    response.close()  # the client is gone
+    assert UsageEntry.objects.filter(tenant=tenant).count() == 1
+    again = chat_client.post(path, STREAMING_REQUESTS[path], format="json", **headers)
+    assert again.status_code == 200, getattr(again, "content", b"")[:300]
+    b"".join(again.streaming_content)
+    entries = UsageEntry.objects.filter(tenant=tenant)
+    assert len(openai_server.requests) == 2
+    assert entries.count() == 2
+    assert len({entry.request_id for entry in entries}) == 2
+    assert all(entry.cost_nanos > 0 for entry in entries)
