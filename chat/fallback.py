@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 from django.conf import settings
 
-from billing.services import ModelNotPriced, ReservationHandle, budget_release
+from billing.services import BudgetExceeded, ModelNotPriced, ReservationHandle, budget_release
 from chat.circuit import circuit_allows, circuit_record_failure, circuit_record_success
 from chat.providers import Completion, Finish, ProviderError, ProviderRequest, Usage, provider_named
 from monitoring.metrics import ATTEMPTS, FALLBACKS
@@ -112,6 +112,14 @@ def run_chain(
                 raise
             left_because = "model_not_priced"
             failures.append(f"{target.key}: {exc.message}")
+            continue
+        except (BudgetExceeded, ApiError) as refusal:  # the budget, or the monthly token quota
+            if not failures:
+                raise  # nothing failed before: the budget is why nothing is called
+            # A fallback whose worst case no longer fits: the earlier targets' failure is the answer
+            # (retryable), not an exhausted budget that tells OpenAI clients never to retry.
+            left_because = "budget"
+            failures.append(f"{target.key}: {refusal}")
             continue
         for retry in range(settings.CHAT_MAX_RETRIES + 1):
             attempts += 1

@@ -605,3 +605,28 @@ def test_a_retry_after_the_client_left_a_keyed_stream_is_a_new_charged_call(
     assert entries.count() == 2
     assert len({entry.request_id for entry in entries}) == 2
     assert all(entry.cost_nanos > 0 for entry in entries)
+
+
+def test_an_outage_with_a_fallback_over_budget_is_the_outage_not_the_budget(
+    tenant, chat_client, upstreams, settings
+):
+    """The first target failed; the next one's worst case does not fit what is left of the budget.
+    The answer is the retryable upstream failure, not budget_exceeded (insufficient_quota on /v1,
+    which tells OpenAI clients never to retry)."""
+    from decimal import Decimal
+
+    from billing.services import budget_update
+
+    openai_server, _ = upstreams
+    settings.CHAT_DEFAULT_FALLBACK_CHAIN = ["openai:gpt-4o-mini", "anthropic:claude-opus-4-1"]
+    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("0.01"))  # mini fits, opus not
+    openai_server.then("500", "500")
+    response = ask(chat_client, max_tokens=1000)
+    assert response.status_code == 502, response.json()
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert "anthropic:claude-opus-4-1" in response.json()["error"]["message"]
+    assert not UsageEntry.objects.exists()
+    assert not Reservation.objects.exists()
+    budget_update(tenant=tenant, actor="t", monthly_budget_usd=Decimal("0.00"))
+    refused = ask(chat_client, max_tokens=1000)  # nothing failed first: the budget is the answer
+    assert (refused.status_code, refused.json()["error"]["code"]) == (402, "budget_exceeded")
