@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,18 @@ def post_chat(url: str, raw_key: str, body: dict[str, Any]) -> int:
         return int(error.code)
 
 
+def wait_for_workers(url: str, metrics_dir: Path, *, count: int) -> None:
+    """Until `count` workers have served a request (each writes its own counter file): the fixture
+    waits for one, and on a loaded machine the others boot seconds later, so a burst sent at once
+    could all go to the first."""
+    deadline = time.monotonic() + 120
+    while len(list(metrics_dir.glob("counter_*.db"))) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} gunicorn workers came up"
+        with urllib.request.urlopen(f"{url}/health/live", timeout=10) as response:
+            response.read()
+        time.sleep(0.05)
+
+
 def requests_per_process(metrics_dir: Path) -> list[float]:
     """llm_requests_total as each process's own file holds it (each read alone)."""
     counts = []
@@ -109,6 +122,7 @@ def test_several_workers_sum_to_the_ledger(transactional_db, tenant, make_key, t
     }
     try:
         with gunicorn_running(**env) as server, ThreadPoolExecutor(8) as pool:
+            wait_for_workers(server.url, metrics_dir, count=2)
             bodies = [{"message": f"Question {n}?", "max_tokens": 20} for n in range(requests)]
             statuses = list(pool.map(lambda body: post_chat(server.url, raw_key, body), bodies))
             assert statuses == [200] * requests
